@@ -1,0 +1,1 @@
+"""Shared ground for every blockhook service: settings, database, schema, errors, logging, metrics."""

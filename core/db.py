@@ -1,0 +1,73 @@
+"""Database helpers: URLs, asyncpg pools and connections, advisory-lock keys, storage path."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import asyncpg
+
+from core.errors import ConfigError
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """The SQLAlchemy form of a ``postgresql://`` URL (psycopg 3 driver, used by Alembic)."""
+    return "postgresql+psycopg://" + database_url.split("://", 1)[1]
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The asyncpg form of a Postgres URL (asyncpg wants ``postgresql://``)."""
+    return "postgresql://" + database_url.split("://", 1)[1]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    import orjson
+
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=lambda v: orjson.dumps(v).decode(),
+                                  decoder=orjson.loads, schema="pg_catalog")
+
+
+async def connect(database_url: str, **kwargs: Any) -> asyncpg.Connection:
+    """One connection with JSON codecs; raises ``ConfigError`` with one line when unreachable."""
+    try:
+        conn = await asyncpg.connect(asyncpg_dsn(database_url), **kwargs)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise ConfigError(f"cannot connect to the database: {error}") from error
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 4,
+                      **kwargs: Any) -> asyncpg.Pool:
+    """A pool with JSON codecs; raises ``ConfigError`` with one line when unreachable."""
+    try:
+        pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=min_size,
+                                         max_size=max_size, init=_init_connection, **kwargs)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise ConfigError(f"cannot connect to the database: {error}") from error
+    assert pool is not None
+    return pool
+
+
+def advisory_key(role: str, chain_id: int) -> int:
+    """A stable signed 64-bit advisory-lock key for (role, chain): e.g. ``("writer", 1)``."""
+    digest = hashlib.blake2b(f"blockhook:{role}:{chain_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def writer_lock_key(chain_id: int) -> int:
+    """The chain's single-writer lock, held by the indexer and by replay."""
+    return advisory_key("writer", chain_id)
+
+
+async def storage_path(conn: asyncpg.Connection) -> str:
+    """``'timescaledb'`` when ``events`` is a hypertable, else ``'plain'``."""
+    is_hypertable = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+           AND to_regclass('timescaledb_information.hypertables') IS NOT NULL""")
+    if not is_hypertable:
+        return "plain"
+    found = await conn.fetchval(
+        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'events'")
+    return "timescaledb" if found else "plain"

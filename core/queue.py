@@ -1,0 +1,41 @@
+"""The Redis/RQ transport between the processor and the workers.
+
+Postgres (``deliveries``) is the record; RQ only carries delivery ids. A job carries a batch of
+delivery ids (per-job overhead dominates RQ throughput); each delivery keeps its own row and
+outcome. Losing a job (Redis flushed, down) delays a delivery: the processor's sweep re-enqueues
+``pending`` and stale ``queued`` rows, and workers skip anything already final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis import Redis
+from rq import Queue
+
+QUEUE_NAME = "blockhook-deliveries"
+JOB_FUNCTION = "workers.jobs.deliver_batch"
+JOB_BATCH_SIZE = 50
+JOB_TIMEOUT_SECONDS = 600
+
+
+def delivery_queue(redis: Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=redis)
+
+
+def enqueue_deliveries(redis: Redis, delivery_ids: Sequence[int], *,
+                       batch_size: int = JOB_BATCH_SIZE) -> int:
+    """Enqueue jobs for ``delivery_ids`` in batches, in one Redis pipeline; return job count.
+    Raises ``redis.RedisError`` when Redis is unreachable (callers keep the rows ``pending``)."""
+    if not delivery_ids:
+        return 0
+    queue = delivery_queue(redis)
+    jobs = [
+        Queue.prepare_data(JOB_FUNCTION, args=(list(delivery_ids[i:i + batch_size]),),
+                           timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400)
+        for i in range(0, len(delivery_ids), batch_size)
+    ]
+    with redis.pipeline() as pipe:
+        queue.enqueue_many(jobs, pipeline=pipe)
+        pipe.execute()
+    return len(jobs)

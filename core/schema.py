@@ -1,0 +1,226 @@
+"""The one schema source: SQLAlchemy Core tables for Alembic and the code.
+
+User-facing tables are SPEC §4–5. Internal tables:
+
+- ``event_batches``: one row per insert statement into ``events`` (written by a statement-level
+  trigger, in the inserting transaction). The processor claims unprocessed batches with
+  ``FOR UPDATE SKIP LOCKED``; a batch's id range and ``block_time`` range locate its events
+  exactly and let TimescaleDB exclude chunks. Nothing relies on ids committing in order.
+- ``deferred_matches``: matches of triggers with ``confirmations > 0`` waiting for depth.
+
+``events`` is a TimescaleDB hypertable on ``block_time`` where TimescaleDB is loaded, a plain
+table otherwise (the migration decides); unique constraints include ``block_time`` on both paths.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+ADDRESS_PATTERN = "^0x[0-9a-fA-F]{40}$"
+DELIVERY_KINDS = ("matched", "removed")
+DELIVERY_STATUSES = ("pending", "queued", "delivered", "failed", "cancelled")
+ACTION_TYPES = ("webhook",)
+
+# NOTIFY channels (payloads are short strings, far below the 8000-byte limit).
+CHANNEL_EVENTS = "blockhook_events"  # payload: chain id
+CHANNEL_TRIGGERS = "blockhook_triggers"  # payload: table name
+CHANNEL_REORGS = "blockhook_reorgs"  # payload: chain id
+CHANNEL_CHECKPOINTS = "blockhook_checkpoints"  # payload: chain id
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), nullable=False),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("block_time", DateTime(timezone=True), nullable=False),
+    Column("tx_hash", Text, nullable=False),
+    Column("tx_index", Integer, nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("topic0", Text),
+    Column("topic1", Text),
+    Column("topic2", Text),
+    Column("topic3", Text),
+    Column("data", Text, nullable=False),
+    Column("invalidated", Boolean, nullable=False, server_default=text("false")),
+    Column("invalidated_at", DateTime(timezone=True)),
+    Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The partitioning column is part of every unique constraint (TimescaleDB requires it).
+    UniqueConstraint("chain_id", "block_hash", "log_index", "block_time"),
+    Index(None, "id"),
+    Index(None, "chain_id", "block_number"),
+)
+
+# ON CONFLICT target matching ``uq_events_chain_id_block_hash_log_index_block_time``.
+EVENTS_CONFLICT_TARGET = "(chain_id, block_hash, log_index, block_time)"
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("chain_id", BigInteger, primary_key=True),
+    Column("number", BigInteger, primary_key=True),
+    Column("hash", Text, nullable=False),
+    Column("parent_hash", Text, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("chain_id", BigInteger, primary_key=True),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+reorgs = Table(
+    "reorgs",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("depth", Integer, nullable=False),
+    Column("common_ancestor", BigInteger, nullable=False),
+    Column("old_head_hash", Text, nullable=False),
+    Column("new_head_hash", Text, nullable=False),
+    Column("events_invalidated", Integer, nullable=False),
+    # Internal: set by the processor once deliveries of the invalidated events are corrected.
+    Column("corrected_at", DateTime(timezone=True)),
+    Index(None, "chain_id", "detected_at"),
+)
+
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("address", Text),
+    Column("event_signature", Text, nullable=False),
+    Column("conditions", JSONB),
+    Column("confirmations", Integer, nullable=False, server_default=text("0")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(f"address IS NULL OR address ~ '{ADDRESS_PATTERN}'", name="address_format"),
+    CheckConstraint("length(btrim(event_signature)) > 0", name="signature_not_empty"),
+    CheckConstraint("confirmations >= 0", name="confirmations_not_negative"),
+    CheckConstraint("length(btrim(name)) > 0", name="name_not_empty"),
+)
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("trigger_id", BigInteger, ForeignKey("triggers.id", ondelete="CASCADE"), nullable=False),
+    Column("type", Text, nullable=False, server_default=text("'webhook'")),
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(_in("type", ACTION_TYPES), name="type_known"),
+    CheckConstraint("jsonb_typeof(config) = 'object'", name="config_object"),
+    Index(None, "trigger_id"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("action_id", BigInteger, ForeignKey("actions.id", ondelete="CASCADE"), nullable=False),
+    Column("trigger_id", BigInteger, ForeignKey("triggers.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("delivered_at", DateTime(timezone=True)),
+    # Internal columns (not part of the SPEC contract, shown by status and the README):
+    Column("replay", Boolean, nullable=False, server_default=text("false")),
+    Column("event_committed_at", DateTime(timezone=True)),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("latency_ms", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("action_id", "event_id", "kind"),
+    CheckConstraint(_in("kind", DELIVERY_KINDS), name="kind_known"),
+    CheckConstraint(_in("status", DELIVERY_STATUSES), name="status_known"),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    Index(None, "event_id"),
+    Index(None, "trigger_id"),
+    Index(
+        "ix_deliveries_open",
+        "next_attempt_at",
+        postgresql_where=text("status IN ('pending', 'queued')"),
+    ),
+    Index(None, "created_at"),
+)
+
+event_batches = Table(
+    "event_batches",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("first_id", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),
+    Column("min_block_time", DateTime(timezone=True), nullable=False),
+    Column("max_block_time", DateTime(timezone=True), nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("processed_at", DateTime(timezone=True)),
+    Index("ix_event_batches_unprocessed", "chain_id", "id", postgresql_where=text("processed_at IS NULL")),
+)
+
+deferred_matches = Table(
+    "deferred_matches",
+    metadata,
+    Column("action_id", BigInteger, ForeignKey("actions.id", ondelete="CASCADE"), primary_key=True),
+    Column("event_id", BigInteger, primary_key=True),
+    Column("trigger_id", BigInteger, ForeignKey("triggers.id", ondelete="CASCADE"), nullable=False),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_time", DateTime(timezone=True), nullable=False),
+    Column("ready_at_block", BigInteger, nullable=False),
+    Column("replay", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index(None, "chain_id", "ready_at_block"),
+    Index(None, "event_id"),
+)

@@ -1,0 +1,154 @@
+"""Configuration from the environment and ``.env`` (SPEC §3), validated eagerly.
+
+One shared base (database, Redis, logging, metrics) and one subclass per service. Build them in
+``main()`` with :func:`load_settings`, which turns a validation error into one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
+
+
+def normalise_database_url(url: str) -> str:
+    """Return ``postgresql://…`` for any accepted Postgres URL form; raise ``ValueError`` otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in _POSTGRES_SCHEMES:
+        raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not postgresql://")
+    if not parts.netloc and "host=" not in parts.query:
+        raise ValueError("no host given")
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+def _check_http_url(url: str, *, schemes: set[str], what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"{what} scheme {parts.scheme or '(none)'!r} is not one of {sorted(schemes)}")
+    if not parts.hostname:
+        raise ValueError(f"{what} has no host")
+    return url
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every service reads: where the database and Redis are, how to log, metrics port."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/blockhook"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_http_url(value, schemes={"redis", "rediss", "unix"}, what="REDIS_URL")
+
+
+class IngestSettings(BaseServiceSettings):
+    """``python -m ingest`` and ``scripts/replay.py``."""
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int | None = Field(default=None, gt=0)
+    start_block: int | None = Field(default=None, ge=0)
+    confirmations: int = Field(default=0, ge=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    max_block_range: int = Field(default=2000, ge=1)
+    reorg_window: int = Field(default=128, ge=1)
+    rpc_timeout: float = Field(default=20.0, gt=0)
+    # Ingest only these contracts (comma separated); empty = every log of every block.
+    ingest_addresses: str = ""
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _rpc_url(cls, value: str) -> str:
+        return _check_http_url(value, schemes={"http", "https"}, what="RPC_URL")
+
+    @field_validator("ingest_addresses")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for address in filter(None, (a.strip() for a in value.split(","))):
+            if len(address) != 42 or not address.startswith("0x"):
+                raise ValueError(f"INGEST_ADDRESSES entry {address!r} is not a 0x address")
+            int(address, 16)
+        return value
+
+    @property
+    def address_filter(self) -> list[str]:
+        return [a.strip().lower() for a in self.ingest_addresses.split(",") if a.strip()]
+
+
+class ProcessorSettings(BaseServiceSettings):
+    """``python -m processor``."""
+
+    processor_batch_size: int = Field(default=5000, ge=1)
+    processor_sweep_interval: float = Field(default=2.0, gt=0)
+
+
+class WorkerSettings(BaseServiceSettings):
+    """``python -m workers``."""
+
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_schedule: str = "5,30,120,600,1800,3600,7200"
+    webhook_allow_private: bool = False
+    worker_batch_size: int = Field(default=50, ge=1)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds") from None
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE needs at least one non-negative delay")
+        return value
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each bad variable and why, for humans at a terminal."""
+    problems = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]).upper() or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings or exit 2 with one line on stderr (no traceback)."""
+    try:
+        return cls(**overrides)
+    except ValidationError as error:
+        print(f"blockhook: {describe_validation_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None

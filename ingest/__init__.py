@@ -1,0 +1,1 @@
+"""blockhook ingest service."""

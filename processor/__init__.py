@@ -1,0 +1,1 @@
+"""blockhook processor service."""

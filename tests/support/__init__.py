@@ -1,0 +1,1 @@
+"""Test support: real services (Postgres clusters, anvil, HTTP peers) and contract helpers."""
