@@ -7,7 +7,7 @@ One shared base (database, Redis, logging, metrics) and one subclass per service
 from __future__ import annotations
 
 import sys
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -145,7 +145,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(problems)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings or exit 2 with one line on stderr (no traceback)."""
     try:
         return cls(**overrides)

@@ -62,7 +62,9 @@ class EventSignature:
 
 
 def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -96,7 +98,8 @@ def _parse_type(text: str, *, position: str) -> tuple[str, tuple[Param, ...]]:
         text = text[len("tuple"):]
     if text.startswith("("):
         depth = 0
-        for index, char in enumerate(text):
+        index = 0
+        for index, char in enumerate(text):  # noqa: B007 (index used after the loop)
             depth += char == "("
             depth -= char == ")"
             if depth == 0:
