@@ -1,0 +1,1 @@
+"""Helpers shared by the operations scripts (status, replay, run): small, read-mostly pieces."""

@@ -1,0 +1,53 @@
+"""Ask a JSON-RPC node which chain it serves and where its head is (for status and the demo).
+
+Deliberately tiny and separate from ``ingest/rpc.py``: these are one-shot questions with a short
+timeout whose failure is reported, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel
+
+
+class NodeHead(BaseModel):
+    url: str
+    chain_id: int | None = None
+    head: int | None = None
+    error: str | None = None
+
+
+async def _call(session: aiohttp.ClientSession, url: str, method: str) -> Any:
+    payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": []}
+    async with session.post(url, json=payload) as response:
+        response.raise_for_status()
+        reply = await response.json(content_type=None)
+    if not isinstance(reply, dict) or "result" not in reply:
+        raise ValueError(f"{method}: {reply.get('error') if isinstance(reply, dict) else reply!r}")
+    return reply["result"]
+
+
+async def node_head(url: str, *, request_seconds: float = 3.0) -> NodeHead:
+    """The node's chain id and head block number; ``error`` says why when it does not answer."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=request_seconds)) as session:
+            chain_id, head = await asyncio.gather(_call(session, url, "eth_chainId"),
+                                                  _call(session, url, "eth_blockNumber"))
+        return NodeHead(url=url, chain_id=int(chain_id, 16), head=int(head, 16))
+    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as error:
+        return NodeHead(url=url, error=f"{type(error).__name__}: {error}".rstrip(": "))
+
+
+async def wait_for_node(url: str, *, within: float) -> NodeHead:
+    """Poll until the node answers; raise ``TimeoutError`` naming the URL after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        answer = await node_head(url, request_seconds=2.0)
+        if answer.error is None:
+            return answer
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"node {url} did not answer within {within:.0f} s ({answer.error})")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,172 @@
+"""``python scripts/status.py [--json] [--rpc-url URL ...]``: what the pipeline is doing now.
+
+Per chain: the node's head (when an RPC URL for that chain answers), the checkpoint, the lag,
+events valid/invalidated, the last reorg and the processor's backlog (unprocessed
+``event_batches`` and their events, oldest age). Then the RQ delivery queue (depth, failed jobs),
+deliveries by status created in the last hour, and invalid triggers with their errors.
+
+Read-only: it never writes to the database or Redis. An unreachable node or Redis is reported,
+not fatal; an unreachable database exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import BaseModel  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from core.errors import PermanentError  # noqa: E402
+from core.settings import IngestSettings, load_settings  # noqa: E402
+from scripts.ops.rpc import NodeHead, node_head  # noqa: E402
+from scripts.ops.status_queries import (  # noqa: E402
+    ChainStatus,
+    InvalidTriggerRow,
+    QueueStatus,
+    chain_statuses,
+    deliveries_last_hour,
+    invalid_triggers,
+    open_deliveries,
+    queue_status,
+    storage,
+)
+
+
+class StatusReport(BaseModel):
+    """The ``--json`` document (stable keys; ``null`` where a value is unknown)."""
+
+    generated_at: datetime
+    storage_path: str
+    chains: list[ChainStatus]
+    queue: QueueStatus
+    deliveries_last_hour: dict[str, int]
+    deliveries_open: int
+    invalid_triggers: list[InvalidTriggerRow]
+    nodes: list[NodeHead]
+
+
+async def collect(database_url: str, redis_url: str, rpc_urls: list[str]) -> StatusReport:
+    """Gather the report: database and Redis queries, node heads asked concurrently."""
+    from core.db import connect
+
+    heads = await asyncio.gather(*(node_head(url) for url in rpc_urls))
+    conn = await connect(database_url, timeout=10)
+    try:
+        known_heads = {h.chain_id: h.head for h in heads if h.chain_id is not None}
+        report = StatusReport(
+            generated_at=datetime.now(UTC),
+            storage_path=await storage(conn),
+            chains=await chain_statuses(conn, known_heads),
+            queue=await asyncio.to_thread(queue_status, redis_url),
+            deliveries_last_hour=await deliveries_last_hour(conn),
+            deliveries_open=await open_deliveries(conn),
+            invalid_triggers=await invalid_triggers(conn),
+            nodes=list(heads),
+        )
+    finally:
+        await conn.close()
+    return report
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _value(value: object) -> str:
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render(report: StatusReport, console: Console) -> None:
+    """Readable tables for a terminal."""
+    console.print(f"[bold]blockhook status[/] at {report.generated_at:%Y-%m-%d %H:%M:%S} UTC, "
+                  f"storage: [cyan]{report.storage_path}[/]")
+    # Metrics as rows and chains as columns: stays readable in 80 columns for a few chains.
+    chains = Table(title="chains", title_justify="left")
+    chains.add_column("chain")
+    for chain in report.chains:
+        chains.add_column(str(chain.chain_id), justify="right")
+
+    def row(label: str, cells: list[str]) -> None:
+        chains.add_row(label, *cells)
+
+    row("node head", [_value(c.node_head) for c in report.chains])
+    row("checkpoint", [_value(c.checkpoint) for c in report.chains])
+    row("lag (blocks)", [f"[yellow]{c.lag_blocks:,}[/]" if (c.lag_blocks or 0) > 10
+                         else _value(c.lag_blocks) for c in report.chains])
+    row("events valid", [_value(c.events_valid) for c in report.chains])
+    row("events invalidated", [_value(c.events_invalidated) for c in report.chains])
+    row("last reorg", [f"depth {c.last_reorg.depth} at #{c.last_reorg.common_ancestor}, "
+                       f"{_age(c.last_reorg.age_seconds)} ago" if c.last_reorg else "-"
+                       for c in report.chains])
+    row("processor backlog", [f"{c.unprocessed_batches:,} batches, {c.unprocessed_events:,} events"
+                              for c in report.chains])
+    row("oldest unprocessed", [_age(c.oldest_unprocessed_age_seconds) for c in report.chains])
+    row("awaiting confirmations", [_value(c.deferred_matches) for c in report.chains])
+    row("enabled triggers", [_value(c.triggers_enabled) for c in report.chains])
+    console.print(chains)
+    for node in report.nodes:
+        if node.error:
+            console.print(f"[yellow]node {node.url}: {node.error}[/]")
+
+    queue = report.queue
+    if queue.error:
+        console.print(f"[red]queue {queue.name}: Redis unreachable ({queue.error})[/]")
+    else:
+        console.print(f"queue [bold]{queue.name}[/]: {queue.depth:,} waiting, {queue.started:,} "
+                      f"running, {queue.scheduled:,} scheduled, "
+                      f"{'[red]' if queue.failed else ''}{queue.failed:,} failed jobs"
+                      f"{'[/]' if queue.failed else ''}, {queue.workers} workers")
+
+    deliveries = Table(title="deliveries created in the last hour", title_justify="left")
+    for status in report.deliveries_last_hour:
+        deliveries.add_column(status, justify="right")
+    deliveries.add_row(*(f"{count:,}" for count in report.deliveries_last_hour.values()))
+    console.print(deliveries)
+    console.print(f"open deliveries (pending or queued, any age): {report.deliveries_open:,}")
+
+    if report.invalid_triggers:
+        broken = Table(title="invalid triggers (skipped by the processor)", title_justify="left")
+        for column in ("id", "name", "chain", "enabled", "error"):
+            broken.add_column(column)
+        for row in report.invalid_triggers:
+            broken.add_row(str(row.id), row.name, str(row.chain_id), str(row.enabled), row.error)
+        console.print(broken)
+    else:
+        console.print("invalid triggers: none")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--rpc-url", action="append", dest="rpc_urls", metavar="URL",
+                        help="a node to ask for its chain id and head (repeatable; "
+                             "default: RPC_URL)")
+    args = parser.parse_args(argv)
+    settings = load_settings(IngestSettings)
+    rpc_urls = args.rpc_urls if args.rpc_urls is not None else [settings.rpc_url]
+    try:
+        report = asyncio.run(collect(settings.database_url, settings.redis_url, rpc_urls))
+    except PermanentError as error:
+        print(f"status: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        render(report, Console())
+
+
+if __name__ == "__main__":
+    main()
