@@ -1,0 +1,71 @@
+"""One batch of deliveries in one short-lived transaction: claim, send concurrently, record.
+
+The rows stay locked while their POSTs are in flight (see :mod:`workers.store`), so the
+transaction lasts as long as the slowest attempt of the batch (bounded by its timeout). Each
+delivery keeps its own outcome; one endpoint's failure does not affect its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from workers import metrics
+from workers.attempt import RetryPolicy, attempt_delivery
+from workers.delivery import WebhookClient
+from workers.store import (
+    Outcome,
+    claim_deliveries,
+    ensure_removed_deliveries,
+    locked_elsewhere,
+    record_outcomes,
+)
+
+
+@dataclass
+class BatchReport:
+    """What a batch did, for the caller's after-commit work (Redis) and for logs."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    # delivery id → unix time its retry is due
+    retries: dict[int, float] = field(default_factory=dict)
+    locked_elsewhere: list[int] = field(default_factory=list)
+    removed_created: list[int] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+
+async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, policy: RetryPolicy,
+                             delivery_ids: Sequence[int]) -> BatchReport:
+    """Claim, attempt and record the open, due deliveries among ``delivery_ids``.
+
+    Committed atomically: on a database error nothing is recorded and the error propagates (the
+    rows stay open; a later job or the processor's sweep brings them back)."""
+    report = BatchReport()
+    # One jitter draw per batch: deliveries failing together share their retry time and are
+    # rescheduled as one job, while separate batches still spread out.
+    jitter = random.random()
+    async with pool.acquire() as conn, conn.transaction():
+        claimed = await claim_deliveries(conn, delivery_ids)
+        if len(claimed) < len(delivery_ids):
+            report.locked_elsewhere = await locked_elsewhere(
+                conn, delivery_ids, [row["id"] for row in claimed])
+        report.outcomes = list(await asyncio.gather(*(
+            attempt_delivery(row, client=client, policy=policy, jitter=jitter)
+            for row in claimed)))
+        recorded = await record_outcomes(conn, report.outcomes)
+        delivered = [o.delivery_id for o in report.outcomes if o.status == "delivered"]
+        report.removed_created = await ensure_removed_deliveries(conn, delivered)
+    by_id = {o.delivery_id: o for o in report.outcomes}
+    for row in recorded:
+        outcome = by_id[row.delivery_id]
+        if outcome.status == "delivered" and row.latency_ms is not None:
+            metrics.DELIVERY_LATENCY.observe(row.latency_ms / 1000)
+        elif outcome.delay is not None:
+            report.retries[row.delivery_id] = row.next_attempt_epoch
+    return report

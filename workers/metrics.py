@@ -1,0 +1,29 @@
+"""Prometheus metrics of the workers (``blockhook_workers_*``), served on ``METRICS_PORT``."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Histogram
+
+ATTEMPTS: Final = Counter(
+    "blockhook_workers_attempts_total",
+    "Webhook attempts by outcome: delivered, retry (will be retried), failed (final), "
+    "refused (SSRF guard or invalid action config).",
+    ["outcome"])
+DELIVERY_LATENCY: Final = Histogram(
+    "blockhook_workers_delivery_latency_seconds",
+    "From the delivery's creation (enqueue) to the endpoint's 2xx, retries included.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400))
+ENDPOINT_RESPONSE: Final = Histogram(
+    "blockhook_workers_endpoint_response_seconds",
+    "Time from sending a webhook to its (capped) response, for attempts that got a response.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RETRIES_SCHEDULED: Final = Counter(
+    "blockhook_workers_retries_scheduled_total", "Retries scheduled after a retryable failure.")
+FAILED: Final = Counter(
+    "blockhook_workers_failed_total",
+    "Deliveries that ended failed (rejected, refused, or out of attempts).")
+CANCELLED: Final = Counter(
+    "blockhook_workers_cancelled_total",
+    "Deliveries cancelled instead of sent (event invalidated, action or trigger disabled).")

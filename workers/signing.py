@@ -1,0 +1,71 @@
+"""Standard Webhooks signing (https://www.standardwebhooks.com).
+
+``webhook-id`` is ``dlv_<delivery id>``: derived from the row, so it is the same on every retry
+and distinct for a ``matched`` and its ``removed`` delivery. ``webhook-timestamp`` is the unix
+time of the attempt. ``webhook-signature`` is ``v1,`` + base64 HMAC-SHA256 over
+``{id}.{timestamp}.{body}`` keyed with the base64-decoded part of the ``whsec_`` secret.
+
+An action without a secret is sent unsigned: ``webhook-id`` and ``webhook-timestamp`` are still
+present, ``webhook-signature`` is absent (SPEC §4 makes the secret optional; a receiver that
+requires signatures rejects such a request, which is the honest outcome).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Final
+
+SECRET_PREFIX: Final = "whsec_"
+
+# Headers an action's ``headers`` may not set (compared case-insensitively): the signature
+# contract, and framing headers whose override would corrupt the request.
+RESERVED_HEADERS: Final = frozenset({
+    "webhook-id", "webhook-timestamp", "webhook-signature",
+    "content-type", "content-length", "transfer-encoding", "host",
+})
+
+
+def webhook_id(delivery_id: int) -> str:
+    """The ``webhook-id`` of a delivery, stable across its retries."""
+    return f"dlv_{delivery_id}"
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret. Raises ``ValueError`` with a message that
+    never contains the secret itself."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("secret must start with 'whsec_'")
+    encoded = secret[len(SECRET_PREFIX):]
+    try:
+        # Standard Webhooks libraries accept unpadded base64; so do we.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("secret after 'whsec_' is not valid base64") from None
+    if not key:
+        raise ValueError("secret is empty")
+    return key
+
+
+def sign(key: bytes, *, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value for one attempt."""
+    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def webhook_headers(*, msg_id: str, timestamp: int, body: bytes, key: bytes | None,
+                    extra: Mapping[str, str]) -> dict[str, str]:
+    """All request headers of one attempt. ``extra`` (the action's ``headers``) is added first
+    and can never replace a reserved header, whatever its case."""
+    headers = {name: value for name, value in extra.items()
+               if name.lower() not in RESERVED_HEADERS}
+    headers["content-type"] = "application/json"
+    headers["webhook-id"] = msg_id
+    headers["webhook-timestamp"] = str(timestamp)
+    if key is not None:
+        headers["webhook-signature"] = sign(key, msg_id=msg_id, timestamp=timestamp, body=body)
+    return headers

@@ -1,0 +1,127 @@
+"""Database functions of the workers (asyncpg; the caller owns the transaction).
+
+Claim protocol: a worker locks the rows of a batch with ``FOR UPDATE SKIP LOCKED`` and keeps the
+transaction open while it sends them, recording outcomes before commit. So a delivery is never
+sent by two workers at once; a worker that dies mid-attempt loses its connection, Postgres drops
+the lock at once, and the row is still ``queued`` for whoever gets the next job for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+# A scheduled job may run this early and still find its row due (clock skew between hosts).
+DUE_TOLERANCE_SECONDS = 1.0
+
+_CLAIM = f"""
+SELECT d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_at,
+       a.config, a.enabled AND t.enabled AS enabled, t.name AS trigger_name, t.event_signature,
+       e.id IS NOT NULL AS event_found, e.chain_id, e.block_number, e.block_hash, e.block_time,
+       e.tx_hash, e.tx_index, e.log_index, e.address, e.topic0, e.topic1, e.topic2, e.topic3,
+       e.data, e.invalidated
+FROM deliveries d
+JOIN actions a ON a.id = d.action_id
+JOIN triggers t ON t.id = d.trigger_id
+LEFT JOIN events e ON e.id = d.event_id
+WHERE d.id = ANY($1::bigint[])
+  AND d.status IN ('pending', 'queued')
+  AND d.next_attempt_at <= clock_timestamp() + interval '{DUE_TOLERANCE_SECONDS} seconds'
+ORDER BY d.id
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+_OPEN_AND_DUE = f"""
+SELECT id FROM deliveries
+WHERE id = ANY($1::bigint[]) AND NOT (id = ANY($2::bigint[]))
+  AND status IN ('pending', 'queued')
+  AND next_attempt_at <= clock_timestamp() + interval '{DUE_TOLERANCE_SECONDS} seconds'
+"""
+
+_RECORD = """
+UPDATE deliveries AS d SET
+    status = o.status,
+    attempts = d.attempts + o.attempted::int,
+    last_status_code = CASE WHEN o.attempted THEN o.status_code ELSE d.last_status_code END,
+    last_error = o.error,
+    delivered_at = CASE WHEN o.status = 'delivered' THEN clock_timestamp() ELSE d.delivered_at END,
+    latency_ms = CASE WHEN o.status = 'delivered'
+                      THEN extract(epoch FROM clock_timestamp() - d.created_at) * 1000
+                      ELSE d.latency_ms END,
+    next_attempt_at = CASE WHEN o.delay IS NULL THEN d.next_attempt_at
+                           ELSE clock_timestamp() + make_interval(secs => o.delay) END
+FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::int[], $5::text[], $6::float8[])
+     AS o(id, status, attempted, status_code, error, delay)
+WHERE d.id = o.id
+RETURNING d.id, d.latency_ms, extract(epoch FROM d.next_attempt_at) AS next_attempt_epoch
+"""
+
+# After a success: if the event was invalidated meanwhile (a reorg raced the attempt), the
+# correction must exist. The unique key makes this exactly one, whoever inserts it first.
+_ENSURE_REMOVED = """
+INSERT INTO deliveries (action_id, trigger_id, event_id, kind, status, replay, queued_at,
+                        event_committed_at)
+SELECT d.action_id, d.trigger_id, d.event_id, 'removed', 'queued', d.replay, clock_timestamp(),
+       d.event_committed_at
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.id = ANY($1::bigint[]) AND d.kind = 'matched' AND e.invalidated
+ON CONFLICT (action_id, event_id, kind) DO NOTHING
+RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of handling one claimed delivery. ``attempted`` counts toward ``attempts``;
+    ``delay`` (seconds) is set when a retry is scheduled."""
+
+    delivery_id: int
+    status: str
+    attempted: bool
+    status_code: int | None = None
+    error: str | None = None
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    delivery_id: int
+    latency_ms: float | None
+    next_attempt_epoch: float
+
+
+async def claim_deliveries(conn: asyncpg.Connection, delivery_ids: Sequence[int]) -> list[asyncpg.Record]:
+    """Lock and load the open, due deliveries among ``delivery_ids`` with their action, trigger
+    and event. Final, not-yet-due and locked rows are left out."""
+    return list(await conn.fetch(_CLAIM, list(delivery_ids)))
+
+
+async def locked_elsewhere(conn: asyncpg.Connection, delivery_ids: Sequence[int],
+                           claimed_ids: Sequence[int]) -> list[int]:
+    """Open, due deliveries among ``delivery_ids`` that were not claimed: someone else holds
+    their lock (another worker mid-attempt, or a processor transaction)."""
+    return [row["id"] for row in await conn.fetch(_OPEN_AND_DUE, list(delivery_ids),
+                                                  list(claimed_ids))]
+
+
+async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[Recorded]:
+    """Write every outcome to its row (status, attempts, last status/error, timestamps)."""
+    if not outcomes:
+        return []
+    rows = await conn.fetch(
+        _RECORD,
+        [o.delivery_id for o in outcomes], [o.status for o in outcomes],
+        [o.attempted for o in outcomes], [o.status_code for o in outcomes],
+        [o.error for o in outcomes], [o.delay for o in outcomes])
+    return [Recorded(row["id"], row["latency_ms"], float(row["next_attempt_epoch"])) for row in rows]
+
+
+async def ensure_removed_deliveries(conn: asyncpg.Connection,
+                                    delivered_ids: Sequence[int]) -> list[int]:
+    """Create the ``removed`` delivery of each just-delivered ``matched`` delivery whose event is
+    now invalidated (status ``queued``; the caller enqueues them after commit). Returns new ids."""
+    if not delivered_ids:
+        return []
+    return [row["id"] for row in await conn.fetch(_ENSURE_REMOVED, list(delivered_ids))]
