@@ -1,0 +1,49 @@
+"""Prometheus metrics of the indexer (``blockhook_ingest_*``), on a registry the caller picks:
+the process-wide default in ``main()``, a private one where several indexers share a process
+(tests, benchmarks)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+RPC_ERROR_KINDS = ("timeout", "rate_limited", "unavailable", "range_too_large", "bad_response",
+                   "hash_mismatch")
+
+
+class IngestMetrics:
+    """head, checkpoint, lag, logs ingested, batch duration, RPC errors by kind, range size,
+    reorgs and their depth."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        """``registry=None`` keeps the metrics unregistered (several indexers in one process)."""
+        self.head_block = Gauge("blockhook_ingest_head_block", "Node head block number",
+                                registry=registry)
+        self.checkpoint_block = Gauge("blockhook_ingest_checkpoint_block",
+                                      "Last block fully ingested", registry=registry)
+        self.lag_blocks = Gauge("blockhook_ingest_lag_blocks",
+                                "Blocks between the ingest target (head - confirmations) and the checkpoint",
+                                registry=registry)
+        self.logs = Counter("blockhook_ingest_logs", "Logs newly stored", registry=registry)
+        self.batch_duration_seconds = Histogram(
+            "blockhook_ingest_batch_duration_seconds", "Time to write one range (one transaction)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry)
+        self.rpc_errors = Counter("blockhook_ingest_rpc_errors", "JSON-RPC failures by kind",
+                                  ["kind"], registry=registry)
+        self.range_blocks = Gauge("blockhook_ingest_range_blocks",
+                                  "Current eth_getLogs range size in blocks", registry=registry)
+        self.reorgs = Counter("blockhook_ingest_reorgs", "Reorgs detected and handled",
+                              registry=registry)
+        self.reorg_depth_blocks = Histogram(
+            "blockhook_ingest_reorg_depth_blocks", "Depth of handled reorgs in blocks",
+            buckets=(1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256), registry=registry)
+        for kind in RPC_ERROR_KINDS:
+            self.rpc_errors.labels(kind=kind)
+
+    def observe_progress(self, *, head: int | None = None, target: int | None = None,
+                         checkpoint: int | None = None) -> None:
+        if head is not None:
+            self.head_block.set(head)
+        if checkpoint is not None:
+            self.checkpoint_block.set(checkpoint)
+        if target is not None and checkpoint is not None:
+            self.lag_blocks.set(max(0, target - checkpoint))

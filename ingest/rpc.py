@@ -1,0 +1,331 @@
+"""The JSON-RPC adapter: the only module of ingest that talks to the node.
+
+The poller depends on the small :class:`ChainSource` interface (``chain_id()``, ``head()``,
+``headers(numbers)``, ``logs(first, last)``, ``logs_by_hash(hash)``), so its reorg logic can be
+driven by any source. :class:`JsonRpcClient` implements it with raw batched JSON-RPC over one
+keep-alive aiohttp session and orjson — measured against web3.py's provider in
+``scripts/benchmarks/ingest.py`` (docs/ingest.md): web3's request/response middleware and
+AttributeDict formatting cost more than the whole database write, so the hot path is raw.
+
+Every failure is turned into one of ``core.errors``' RPC errors, which say what to do:
+
+- ``RpcUnavailable``: connection refused/reset, HTTP 5xx, HTTP 429 (``retry_after`` from the
+  ``Retry-After`` header), JSON-RPC rate-limit errors; :class:`RpcTimeout` for timeouts.
+- ``RpcRangeTooLarge``: provider limit errors for ``eth_getLogs`` (Infura/Alchemy "query
+  returned more than 10000 results. Try with this block range [0x…, 0x…]" with ``suggested``,
+  "block range too large", "exceed maximum block range", response-size errors, HTTP 413).
+- ``RpcBadResponse``: not JSON, not JSON-RPC, wrong-typed or missing fields, removed logs.
+
+Values come back normalised: hex strings lowercase, quantities as ``int``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import aiohttp
+import orjson
+
+from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
+
+
+class RpcTimeout(RpcUnavailable):
+    """The node did not answer within ``RPC_TIMEOUT``: for ``eth_getLogs`` the range is halved."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The block header fields ingest needs; hashes lowercase ``0x`` hex."""
+
+    number: int
+    hash: str
+    parent_hash: str
+    timestamp: int
+
+
+class Log(NamedTuple):
+    """One log as stored (SPEC §5 ``events`` columns minus chain and time); absent topics are
+    ``None``; hex lowercase."""
+
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    tx_index: int
+    log_index: int
+    address: str
+    topic0: str | None
+    topic1: str | None
+    topic2: str | None
+    topic3: str | None
+    data: str
+
+
+class ChainSource(Protocol):
+    """What the poller needs from a chain. Implementations raise ``core.errors`` RPC errors."""
+
+    async def chain_id(self) -> int: ...
+
+    async def head(self) -> int: ...
+
+    async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
+        """Headers by number in one round trip; ``None`` where the node has no such block."""
+        ...
+
+    async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]: ...
+
+    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]: ...
+
+
+# Provider limit errors for eth_getLogs, lowercased substrings (Infura, Alchemy, QuickNode,
+# Ankr, geth/erigon/reth, Cloudflare, BlastAPI ...).
+_RANGE_MESSAGES = (
+    "more than 10000 results", "query returned more than", "block range too large",
+    "block range is too large", "exceed maximum block range", "exceeds maximum block range",
+    "maximum block range", "range is too large", "response size", "response is too big",
+    "response too large", "too many results", "log response size exceeded", "max results",
+    "query timeout exceeded", "limit the query to at most", "range too large",
+)
+_RATE_MESSAGES = ("rate limit", "too many requests", "exceeded its compute units", "capacity exceeded",
+                  "request limit")
+_SUGGESTED_RANGE = re.compile(r"\[\s*(0x[0-9a-fA-F]+)\s*,\s*(0x[0-9a-fA-F]+)\s*\]")
+
+
+def classify_rpc_error(method: str, error: object) -> Exception:
+    """Turn a JSON-RPC ``error`` object into the ``core.errors`` exception saying what to do."""
+    if not isinstance(error, dict):
+        return RpcBadResponse(f"{method}: malformed error object {str(error)[:120]!r}")
+    message = str(error.get("message", ""))
+    text = message.lower()
+    summary = f"{method}: {error.get('code')} {message[:200]}"
+    if method == "eth_getLogs" and any(m in text for m in _RANGE_MESSAGES):
+        suggested = None
+        if found := _SUGGESTED_RANGE.search(message):
+            suggested = (int(found.group(1), 16), int(found.group(2), 16))
+        return RpcRangeTooLarge(summary, suggested=suggested)
+    if any(m in text for m in _RATE_MESSAGES):
+        return RpcUnavailable(summary)
+    # Anything else the node says is treated as transient (internal errors, node syncing): it is
+    # retried with backoff and logged, and nothing is written meanwhile.
+    return RpcUnavailable(summary)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _quantity(value: object) -> int:
+    if type(value) is not str or not value.startswith("0x"):
+        raise TypeError(f"not a hex quantity: {value!r}")
+    return int(value, 16)
+
+
+def _hash32(value: object) -> str:
+    if type(value) is not str or len(value) != 66 or not value.startswith("0x"):
+        raise TypeError(f"not a 32-byte hash: {str(value)[:80]!r}")
+    return value.lower()
+
+
+def parse_header(raw: object) -> Header | None:
+    """A header from ``eth_getBlockByNumber``; ``None`` for ``null`` (no such block yet)."""
+    if raw is None:
+        return None
+    try:
+        assert isinstance(raw, dict)
+        return Header(_quantity(raw["number"]), _hash32(raw["hash"]), _hash32(raw["parentHash"]),
+                      _quantity(raw["timestamp"]))
+    except (AssertionError, KeyError, TypeError, ValueError) as error:
+        raise RpcBadResponse(f"eth_getBlockByNumber: malformed header: {error}") from None
+
+
+def parse_logs(raw: object) -> list[Log]:
+    """Logs from ``eth_getLogs``; raises ``RpcBadResponse`` on any malformed or removed entry."""
+    if type(raw) is not list:
+        raise RpcBadResponse(f"eth_getLogs: result is {type(raw).__name__}, not a list")
+    logs: list[Log] = []
+    append = logs.append
+    try:
+        for item in raw:
+            if item.get("removed"):
+                raise ValueError("a removed log")
+            topics = item["topics"]
+            count = len(topics)
+            if type(topics) is not list or count > 4:
+                raise TypeError("topics is not a list of at most 4")
+            address = item["address"]
+            data = item["data"]
+            if type(address) is not str or len(address) != 42 or type(data) is not str \
+                    or not data.startswith("0x"):
+                raise TypeError("bad address or data")
+            append(Log(
+                _quantity(item["blockNumber"]), _hash32(item["blockHash"]),
+                _hash32(item["transactionHash"]), _quantity(item["transactionIndex"]),
+                _quantity(item["logIndex"]), address.lower(),
+                _hash32(topics[0]) if count > 0 else None,
+                _hash32(topics[1]) if count > 1 else None,
+                _hash32(topics[2]) if count > 2 else None,
+                _hash32(topics[3]) if count > 3 else None,
+                data.lower(),
+            ))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise RpcBadResponse(f"eth_getLogs: malformed log: {error}") from None
+    return logs
+
+
+class JsonRpcClient:
+    """Raw JSON-RPC over one keep-alive aiohttp session. Use as ``async with``.
+
+    ``batch()`` sends up to ``batch_limit`` calls per HTTP request (providers cap batch sizes),
+    concurrently when there are more.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 20.0, batch_limit: int = 200) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.batch_limit = batch_limit
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> JsonRpcClient:
+        self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=30),
+                headers={"content-type": "application/json"},
+                json_serialize=lambda value: orjson.dumps(value).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, method: str, payload: bytes) -> Any:
+        session = self._open()
+        try:
+            async with session.post(self.url, data=payload) as response:
+                body = await response.read()
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            raise RpcTimeout(f"{method}: no answer within {self.timeout:g}s") from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+        if status == 429:
+            raise RpcUnavailable(f"{method}: HTTP 429 rate limited", retry_after=retry_after)
+        if status == 413:
+            raise RpcRangeTooLarge(f"{method}: HTTP 413 request or response too large")
+        if status >= 500:
+            raise RpcUnavailable(f"{method}: HTTP {status}", retry_after=retry_after)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if status >= 400:
+                raise RpcUnavailable(f"{method}: HTTP {status}: {body[:120]!r}") from None
+            raise RpcBadResponse(f"{method}: not JSON (HTTP {status}): {body[:120]!r}") from None
+
+    async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
+        """One call; returns ``result`` or raises the classified error."""
+        request_id = next(self._ids)
+        reply = await self._post(method, orjson.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}))
+        if type(reply) is not dict:
+            raise RpcBadResponse(f"{method}: reply is not a JSON-RPC object")
+        if "error" in reply:
+            raise classify_rpc_error(method, reply["error"])
+        if "result" not in reply:
+            raise RpcBadResponse(f"{method}: reply has no result")
+        return reply["result"]
+
+    async def batch(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
+        """Many calls of one method, batched; results in the order of ``params_list``."""
+        chunks = [params_list[i:i + self.batch_limit]
+                  for i in range(0, len(params_list), self.batch_limit)]
+        if len(chunks) == 1:
+            return await self._batch_once(method, chunks[0])
+        parts = await asyncio.gather(*(self._batch_once(method, chunk) for chunk in chunks))
+        return [result for part in parts for result in part]
+
+    async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
+        if not params_list:
+            return []
+        first_id = next(self._ids)
+        ids = [first_id] + [next(self._ids) for _ in range(len(params_list) - 1)]
+        payload = orjson.dumps([{"jsonrpc": "2.0", "id": i, "method": method, "params": list(p)}
+                                for i, p in zip(ids, params_list, strict=True)])
+        reply = await self._post(method, payload)
+        if type(reply) is dict and "error" in reply:  # some providers refuse a whole batch
+            raise classify_rpc_error(method, reply["error"])
+        if type(reply) is not list:
+            raise RpcBadResponse(f"{method}: batch reply is not a list")
+        by_id: dict[object, Any] = {}
+        for item in reply:
+            if type(item) is not dict:
+                raise RpcBadResponse(f"{method}: batch item is not an object")
+            if "error" in item:
+                raise classify_rpc_error(method, item["error"])
+            by_id[item.get("id")] = item.get("result")
+        try:
+            return [by_id[i] for i in ids]
+        except KeyError:
+            raise RpcBadResponse(f"{method}: batch reply is missing answers") from None
+
+    # ChainSource ---------------------------------------------------------------------------
+
+    async def chain_id(self) -> int:
+        try:
+            return _quantity(await self.call("eth_chainId"))
+        except (TypeError, ValueError) as error:
+            raise RpcBadResponse(f"eth_chainId: {error}") from None
+
+    async def head(self) -> int:
+        try:
+            return _quantity(await self.call("eth_blockNumber"))
+        except (TypeError, ValueError) as error:
+            raise RpcBadResponse(f"eth_blockNumber: {error}") from None
+
+    async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
+        results = await self.batch("eth_getBlockByNumber", [(hex(n), False) for n in numbers])
+        headers = [parse_header(raw) for raw in results]
+        for number, header in zip(numbers, headers, strict=True):
+            if header is not None and header.number != number:
+                raise RpcBadResponse(f"eth_getBlockByNumber: asked {number}, got {header.number}")
+        return headers
+
+    async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]:
+        query: dict[str, object] = {"fromBlock": hex(first), "toBlock": hex(last)}
+        if addresses:
+            query["address"] = list(addresses)
+        return parse_logs(await self.call("eth_getLogs", [query]))
+
+    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
+        query: dict[str, object] = {"blockHash": block_hash}
+        if addresses:
+            query["address"] = list(addresses)
+        return parse_logs(await self.call("eth_getLogs", [query]))

@@ -1,0 +1,147 @@
+"""The database side of ingest: plain functions on an asyncpg connection.
+
+The caller owns the transaction. Every write is idempotent: events go through a temporary
+staging table (``COPY``) and ``INSERT … SELECT … ON CONFLICT`` on
+``core.schema.EVENTS_CONFLICT_TARGET`` ``DO NOTHING``, so re-ingesting a log changes nothing;
+blocks are upserted by ``(chain_id, number)``. Blocks, events and the checkpoint of one range
+commit together (:func:`store_range`), so the checkpoint never passes data not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from core.db import writer_lock_key
+from core.schema import EVENTS_CONFLICT_TARGET
+from ingest.rpc import Header, Log
+
+STAGING_TABLE = "ingest_events_staging"
+EVENT_COLUMNS = ("chain_id", "block_number", "block_hash", "block_time", "tx_hash", "tx_index",
+                 "log_index", "address", "topic0", "topic1", "topic2", "topic3", "data")
+_COLUMN_LIST = ", ".join(EVENT_COLUMNS)
+
+_CREATE_STAGING = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
+    chain_id bigint, block_number bigint, block_hash text, block_time timestamptz,
+    tx_hash text, tx_index integer, log_index integer, address text,
+    topic0 text, topic1 text, topic2 text, topic3 text, data text
+) ON COMMIT DELETE ROWS"""
+
+# ids follow chain order within a statement: the processor evaluates in id order.
+_INSERT_EVENTS = f"""
+INSERT INTO events ({_COLUMN_LIST})
+SELECT {_COLUMN_LIST} FROM {STAGING_TABLE} ORDER BY block_number, log_index
+ON CONFLICT {EVENTS_CONFLICT_TARGET} DO NOTHING"""
+
+_UPSERT_BLOCKS = """
+INSERT INTO blocks (chain_id, number, hash, parent_hash, time)
+SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT (chain_id, number) DO UPDATE
+    SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash, time = EXCLUDED.time"""
+
+_UPSERT_CHECKPOINT = """
+INSERT INTO checkpoints (chain_id, block_number, block_hash) VALUES ($1, $2, $3)
+ON CONFLICT (chain_id) DO UPDATE
+    SET block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash"""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The last block fully ingested for a chain."""
+
+    number: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlock:
+    number: int
+    hash: str
+    time: datetime
+
+
+def block_time(header: Header) -> datetime:
+    """``events.block_time`` / ``blocks.time``: the header timestamp, UTC."""
+    return datetime.fromtimestamp(header.timestamp, UTC)
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Create this session's staging table (temporary; emptied at every commit)."""
+    await conn.execute(_CREATE_STAGING)
+
+
+async def try_writer_lock(conn: asyncpg.Connection, chain_id: int) -> bool:
+    """Take the chain's single-writer advisory lock for this session, without waiting."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", writer_lock_key(chain_id)))
+
+
+async def writer_lock_holder(conn: asyncpg.Connection, chain_id: int) -> int | None:
+    """The backend pid holding the chain's writer lock, if any (for operator messages)."""
+    key = writer_lock_key(chain_id) & 0xFFFFFFFFFFFFFFFF
+    return await conn.fetchval(
+        """SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+        key >> 32, key & 0xFFFFFFFF)
+
+
+async def load_checkpoint(conn: asyncpg.Connection, chain_id: int) -> Checkpoint | None:
+    row = await conn.fetchrow(
+        "SELECT block_number, block_hash FROM checkpoints WHERE chain_id = $1", chain_id)
+    return Checkpoint(row["block_number"], row["block_hash"]) if row else None
+
+
+async def recent_blocks(conn: asyncpg.Connection, chain_id: int, *, since: int) -> list[StoredBlock]:
+    """Stored canonical headers with ``number >= since``, highest first."""
+    rows = await conn.fetch(
+        """SELECT number, hash, time FROM blocks WHERE chain_id = $1 AND number >= $2
+           ORDER BY number DESC""", chain_id, since)
+    return [StoredBlock(r["number"], r["hash"], r["time"]) for r in rows]
+
+
+def event_records(chain_id: int, headers: Sequence[Header], logs: Sequence[Log]) -> list[tuple[object, ...]]:
+    """COPY records in ``EVENT_COLUMNS`` order; every log's block must be among ``headers``."""
+    times = {h.number: block_time(h) for h in headers}
+    return [(chain_id, log.block_number, log.block_hash, times[log.block_number], log.tx_hash,
+             log.tx_index, log.log_index, log.address, log.topic0, log.topic1, log.topic2,
+             log.topic3, log.data) for log in logs]
+
+
+async def insert_events(conn: asyncpg.Connection, records: Sequence[tuple[object, ...]]) -> int:
+    """COPY ``records`` to staging and insert those not stored yet; returns rows inserted."""
+    if not records:
+        return 0
+    await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=EVENT_COLUMNS)
+    status = await conn.execute(_INSERT_EVENTS)
+    # Emptied now, not only at commit: one transaction may stage several times (replay).
+    await conn.execute(f"TRUNCATE {STAGING_TABLE}")
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def upsert_blocks(conn: asyncpg.Connection, chain_id: int, headers: Sequence[Header]) -> None:
+    if headers:
+        await conn.execute(_UPSERT_BLOCKS, chain_id, [h.number for h in headers],
+                           [h.hash for h in headers], [h.parent_hash for h in headers],
+                           [block_time(h) for h in headers])
+
+
+async def save_checkpoint(conn: asyncpg.Connection, chain_id: int, checkpoint: Checkpoint) -> None:
+    await conn.execute(_UPSERT_CHECKPOINT, chain_id, checkpoint.number, checkpoint.hash)
+
+
+async def store_range(conn: asyncpg.Connection, *, chain_id: int, headers: Sequence[Header],
+                      logs: Sequence[Log], keep_blocks: int) -> int:
+    """Store one verified, contiguous range and move the checkpoint to its last header, in the
+    caller's transaction. Only the last ``keep_blocks`` headers are kept in ``blocks`` (what the
+    reorg detector re-checks); older ones are pruned. Returns events inserted."""
+    inserted = await insert_events(conn, event_records(chain_id, headers, logs))
+    last = headers[-1]
+    await upsert_blocks(conn, chain_id, headers[-keep_blocks:])
+    await conn.execute("DELETE FROM blocks WHERE chain_id = $1 AND number <= $2",
+                       chain_id, last.number - keep_blocks)
+    await save_checkpoint(conn, chain_id, Checkpoint(last.number, last.hash))
+    return inserted
