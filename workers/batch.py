@@ -21,8 +21,8 @@ from workers.store import (
     Outcome,
     claim_deliveries,
     ensure_removed_deliveries,
-    locked_elsewhere,
     record_outcomes,
+    unclaimed_soon,
 )
 
 
@@ -33,7 +33,8 @@ class BatchReport:
     outcomes: list[Outcome] = field(default_factory=list)
     # delivery id → unix time its retry is due
     retries: dict[int, float] = field(default_factory=dict)
-    locked_elsewhere: list[int] = field(default_factory=list)
+    # delivery id → unix time due, for open rows this batch could not claim (see store)
+    unclaimed: dict[int, float] = field(default_factory=dict)
     removed_created: list[int] = field(default_factory=list)
 
     def count(self, status: str) -> int:
@@ -53,7 +54,7 @@ async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, polic
     async with pool.acquire() as conn, conn.transaction():
         claimed = await claim_deliveries(conn, delivery_ids)
         if len(claimed) < len(delivery_ids):
-            report.locked_elsewhere = await locked_elsewhere(
+            report.unclaimed = await unclaimed_soon(
                 conn, delivery_ids, [row["id"] for row in claimed])
         report.outcomes = list(await asyncio.gather(*(
             attempt_delivery(row, client=client, policy=policy, jitter=jitter)

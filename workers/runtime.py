@@ -11,6 +11,7 @@ the worker itself was killed.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,9 +33,10 @@ from workers.delivery import WebhookClient
 
 log = structlog.get_logger(__name__)
 
-# Rows held by someone else's lock are checked again after these delays (a processor
-# transaction holds them for milliseconds; a worker mid-attempt will record them itself).
-LOCK_RECHECK_DELAYS: Final = (1.0, 2.0, 4.0)
+# Open rows a job could not claim (someone else's lock, or the job came early) are checked
+# again after these delays, at most this many times (a processor transaction holds a lock for
+# milliseconds; a worker mid-attempt records the row itself; the sweep is the last resort).
+RECHECK_DELAYS: Final = (1.0, 2.0, 4.0)
 
 
 class Runtime:
@@ -99,9 +101,10 @@ class Runtime:
         try:
             with self.redis.pipeline() as pipe:
                 self._schedule_retries(report, pipe)
-                if report.locked_elsewhere and lock_retries < len(LOCK_RECHECK_DELAYS):
-                    self._schedule(pipe, report.locked_elsewhere,
-                                   time.time() + LOCK_RECHECK_DELAYS[lock_retries],
+                if report.unclaimed and lock_retries < len(RECHECK_DELAYS):
+                    recheck_at = max(time.time() + RECHECK_DELAYS[lock_retries],
+                                     *report.unclaimed.values())
+                    self._schedule(pipe, list(report.unclaimed), recheck_at,
                                    lock_retries=lock_retries + 1)
                 pipe.execute()
             if report.removed_created:
@@ -127,7 +130,8 @@ class Runtime:
         kwargs = {"lock_retries": lock_retries} if lock_retries else {}
         job = self.queue.create_job(JOB_FUNCTION, args=(ids,), kwargs=kwargs,
                                     timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400)
-        self.queue.schedule_job(job, datetime.fromtimestamp(due, UTC), pipeline=pipe)
+        # RQ keeps whole seconds (it truncates): round up so the job is never early.
+        self.queue.schedule_job(job, datetime.fromtimestamp(math.ceil(due), UTC), pipeline=pipe)
 
 
 _current: Runtime | None = None

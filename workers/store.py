@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# A scheduled job may run this early and still find its row due (clock skew between hosts).
-DUE_TOLERANCE_SECONDS = 1.0
+# Unclaimed open rows due within this horizon are rechecked by the caller: held by another
+# transaction, or a job that ran a little early (RQ schedules at whole seconds; clocks of the
+# worker and database hosts may differ slightly).
+RECHECK_HORIZON_SECONDS = 5.0
 
-_CLAIM = f"""
+_CLAIM = """
 SELECT d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_at,
        a.config, a.enabled AND t.enabled AS enabled, t.name AS trigger_name, t.event_signature,
        e.id IS NOT NULL AS event_found, e.chain_id, e.block_number, e.block_hash, e.block_time,
@@ -28,16 +30,16 @@ JOIN triggers t ON t.id = d.trigger_id
 LEFT JOIN events e ON e.id = d.event_id
 WHERE d.id = ANY($1::bigint[])
   AND d.status IN ('pending', 'queued')
-  AND d.next_attempt_at <= clock_timestamp() + interval '{DUE_TOLERANCE_SECONDS} seconds'
+  AND d.next_attempt_at <= clock_timestamp()
 ORDER BY d.id
 FOR UPDATE OF d SKIP LOCKED
 """
 
-_OPEN_AND_DUE = f"""
-SELECT id FROM deliveries
+_UNCLAIMED_SOON = f"""
+SELECT id, extract(epoch FROM next_attempt_at)::float8 AS due FROM deliveries
 WHERE id = ANY($1::bigint[]) AND NOT (id = ANY($2::bigint[]))
   AND status IN ('pending', 'queued')
-  AND next_attempt_at <= clock_timestamp() + interval '{DUE_TOLERANCE_SECONDS} seconds'
+  AND next_attempt_at <= clock_timestamp() + interval '{RECHECK_HORIZON_SECONDS} seconds'
 """
 
 _RECORD = """
@@ -55,7 +57,7 @@ UPDATE deliveries AS d SET
 FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::int[], $5::text[], $6::float8[])
      AS o(id, status, attempted, status_code, error, delay)
 WHERE d.id = o.id
-RETURNING d.id, d.latency_ms, extract(epoch FROM d.next_attempt_at) AS next_attempt_epoch
+RETURNING d.id, d.latency_ms, extract(epoch FROM d.next_attempt_at)::float8 AS next_attempt_epoch
 """
 
 # After a success: if the event was invalidated meanwhile (a reorg raced the attempt), the
@@ -98,12 +100,13 @@ async def claim_deliveries(conn: asyncpg.Connection, delivery_ids: Sequence[int]
     return list(await conn.fetch(_CLAIM, list(delivery_ids)))
 
 
-async def locked_elsewhere(conn: asyncpg.Connection, delivery_ids: Sequence[int],
-                           claimed_ids: Sequence[int]) -> list[int]:
-    """Open, due deliveries among ``delivery_ids`` that were not claimed: someone else holds
-    their lock (another worker mid-attempt, or a processor transaction)."""
-    return [row["id"] for row in await conn.fetch(_OPEN_AND_DUE, list(delivery_ids),
-                                                  list(claimed_ids))]
+async def unclaimed_soon(conn: asyncpg.Connection, delivery_ids: Sequence[int],
+                         claimed_ids: Sequence[int]) -> dict[int, float]:
+    """Open deliveries among ``delivery_ids`` that were not claimed although due now or within
+    :data:`RECHECK_HORIZON_SECONDS` (locked by someone else, or the job came early), with the
+    unix time they are due."""
+    rows = await conn.fetch(_UNCLAIMED_SOON, list(delivery_ids), list(claimed_ids))
+    return {row["id"]: row["due"] for row in rows}
 
 
 async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[Recorded]:
