@@ -92,10 +92,10 @@ def make_pipeline(request: pytest.FixtureRequest, chain: Chain, receiver: Receiv
     built: list[Pipeline] = []
 
     def build(*, database_url: str, redis_url: str, **env: str) -> Pipeline:
-        services = Supervisor(
-            env=child_env(DATABASE_URL=database_url, REDIS_URL=redis_url, RPC_URL=chain.node.url,
-                          **{**FAST_ENV, **env}),
-            log_dir=tmp_path)
+        """``env`` overrides ``FAST_ENV`` and ``RPC_URL`` (e.g. to point ingest at a proxy)."""
+        settings = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                    "RPC_URL": chain.node.url, **FAST_ENV, **env}
+        services = Supervisor(env=child_env(**settings), log_dir=tmp_path)
         pipeline = Pipeline(chain=chain, store=Store(database_url), receiver=receiver,
                             services=services)
         built.append(pipeline)

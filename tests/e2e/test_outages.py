@@ -1,0 +1,135 @@
+"""Scenarios 3 and 4 — infrastructure outages mid-stream (guarantees 1, 6 and 7).
+
+- Postgres (a throwaway cluster of our own, never the shared server) goes down for a few seconds
+  and comes back while events are being produced: every service recovers on its own — the test
+  restarts nothing — and nothing is lost or duplicated.
+- Redis (our own redis-server) is down for 10 s, and comes back empty: deliveries are delayed,
+  not lost; events produced during the outage are delivered after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.chain import SYNC, TOKEN, TRANSFER, Chain
+from tests.e2e.conftest import Pipeline
+from tests.e2e.pipeline import (
+    assert_all_verified,
+    assert_no_duplicate_rows,
+    assert_stored_exactly_once,
+    wait_deliveries,
+    wait_ingested,
+    wait_received,
+)
+from tests.e2e.redis_server import RedisServer
+from tests.support import databases
+from tests.support.pgcluster import PgCluster
+
+
+def _produce(chain: Chain, swaps: int, *, pause: float = 0.1) -> None:
+    for n in range(swaps):
+        chain.swap((n % 5 + 1) * TOKEN, zero_for_one=n % 2 == 0)
+        time.sleep(pause)
+
+
+def _hooks(pipeline: Pipeline) -> dict[str, int]:
+    chain, store, receiver = pipeline.chain, pipeline.store, pipeline.receiver
+    return {
+        "Transfer": store.add_hook("transfers", address=chain.token_a.address, signature=TRANSFER,
+                                   url=receiver.url("hooks/transfers")).action_id,
+        "Sync": store.add_hook("syncs", address=chain.pair.address, signature=SYNC,
+                               url=receiver.url("hooks/syncs")).action_id,
+    }
+
+
+def _finish(pipeline: Pipeline, actions: dict[str, int], *, timeout: float) -> None:
+    """Everything ingested once, every wanted pair delivered once, every webhook received."""
+    chain, store = pipeline.chain, pipeline.store
+    head = chain.head()
+    logs = chain.logs(0, head)
+    wait_ingested(store, logs, head=head, timeout=timeout, supervisor=pipeline.services)
+    assert_stored_exactly_once(store, logs)
+    wanted = {(actions["Transfer"], "matched", log.key) for log in logs
+              if log.name == "Transfer" and log.address == chain.token_a.address.lower()}
+    wanted |= {(actions["Sync"], "matched", log.key) for log in logs if log.name == "Sync"}
+    rows = wait_deliveries(store, wanted, timeout=timeout, supervisor=pipeline.services)
+    assert_no_duplicate_rows(rows)
+    assert {(r.action_id, r.kind, r.event_key) for r in rows} == wanted
+    received = wait_received(pipeline.receiver, {r.webhook_id for r in rows}, timeout=10,
+                             supervisor=pipeline.services)
+    assert_all_verified(received)
+    assert {r["webhook_id"] for r in received} == {r.webhook_id for r in rows}
+
+
+@pytest.fixture
+def cluster_database(pg_cluster: PgCluster) -> str:
+    url = databases.create_database(pg_cluster.url, prefix="bh_e2e")
+    databases.alembic(url, "upgrade", "head")
+    return url
+
+
+@pytest.mark.slow
+def test_postgres_restart_mid_stream_recovers_without_help(
+        make_pipeline: Callable[..., Pipeline], pg_cluster: PgCluster, cluster_database: str,
+        redis_url: str) -> None:
+    pipeline = make_pipeline(database_url=cluster_database, redis_url=redis_url)
+    actions = _hooks(pipeline)
+    pipeline.chain.add_liquidity(10_000 * TOKEN, 10_000 * TOKEN)
+    pipeline.start()
+    _produce(pipeline.chain, 10)
+    wait_ingested(pipeline.store, pipeline.chain.logs(), head=pipeline.chain.head(), timeout=30,
+                  supervisor=pipeline.services)
+
+    pg_cluster.stop("fast")  # every service's connections are closed under it
+    _produce(pipeline.chain, 10)  # the chain moves on while the database is away
+    time.sleep(2)
+    pg_cluster.start()
+    _produce(pipeline.chain, 10)
+    _finish(pipeline, actions, timeout=60)
+    pipeline.services.assert_running()
+    assert all(s.starts == 1 for s in pipeline.services.services.values()), "a service was restarted"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(log_path=tmp_path / "redis.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_redis_outage_delays_deliveries_without_losing_them(
+        make_pipeline: Callable[..., Pipeline], plain_db_url: str, own_redis: RedisServer) -> None:
+    pipeline = make_pipeline(database_url=plain_db_url, redis_url=own_redis.url)
+    actions = _hooks(pipeline)
+    pipeline.chain.add_liquidity(10_000 * TOKEN, 10_000 * TOKEN)
+    pipeline.start()
+    _produce(pipeline.chain, 5)
+    head = pipeline.chain.head()
+    wait_ingested(pipeline.store, pipeline.chain.logs(), head=head, timeout=30,
+                  supervisor=pipeline.services)
+
+    own_redis.stop()
+    outage_started = time.time()
+    _produce(pipeline.chain, 10, pause=0.3)
+    during = pipeline.chain.logs(head + 1)
+    time.sleep(max(0.0, 10 - (time.time() - outage_started)))
+    own_redis.start()
+    outage_ended = time.time()
+
+    _finish(pipeline, actions, timeout=90)
+    pipeline.services.assert_running()
+    assert all(s.starts == 1 for s in pipeline.services.services.values()), "a service was restarted"
+    # Events of the outage were delivered, and necessarily after it (nothing could carry them).
+    keys_during = {log.key for log in during if log.name == "Sync"}
+    arrivals = [r for r in pipeline.receiver.received()
+                if (r["body"]["event"]["block_hash"], r["body"]["event"]["log_index"]) in keys_during]
+    assert {(r["body"]["event"]["block_hash"], r["body"]["event"]["log_index"]) for r in arrivals} == keys_during
+    assert min(r["received_at"] for r in arrivals) >= outage_ended - 0.5
