@@ -79,15 +79,20 @@ def refusal_reason(address: IPAddress) -> str | None:
     return None
 
 
-def check_address(host: str, *, allow_private: bool) -> None:
-    """Raise ``TargetForbidden`` when the IP address ``host`` is not an allowed target."""
+ALLOW_HINT: Final = "(WEBHOOK_ALLOW_PRIVATE=true allows it)"
+
+
+def check_address(host: str, *, allow_private: bool, name: str | None = None) -> None:
+    """Raise ``TargetForbidden`` when the IP address ``host`` (resolved from ``name``, if
+    given) is not an allowed target."""
     if allow_private:
         return
     address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
     reason = refusal_reason(address)
     if reason:
-        raise TargetForbidden(f"target address {address} refused: {reason} "
-                              "(set WEBHOOK_ALLOW_PRIVATE=true to allow)")
+        target = f"host {name} resolves to {address}" if name else f"address {address}"
+        raise TargetForbidden(f"SSRF guard refused the target: {target} is a {reason} "
+                              f"{ALLOW_HINT}")
 
 
 def check_url(url: str, *, allow_private: bool) -> URL:
@@ -97,13 +102,13 @@ def check_url(url: str, *, allow_private: bool) -> URL:
     try:
         parsed = URL(url)
     except (TypeError, ValueError):
-        raise TargetForbidden("webhook url cannot be parsed") from None
+        raise TargetForbidden("SSRF guard refused the target: the url cannot be parsed") from None
     if parsed.scheme not in ALLOWED_SCHEMES:
-        raise TargetForbidden(f"webhook url scheme {parsed.scheme or '(none)'!r} refused: "
-                              "only http and https are allowed")
+        raise TargetForbidden(f"SSRF guard refused the target: scheme "
+                              f"{parsed.scheme or '(none)'!r} is not http or https")
     host = parsed.raw_host
     if not host:
-        raise TargetForbidden("webhook url has no host")
+        raise TargetForbidden("SSRF guard refused the target: the url has no host")
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -126,11 +131,7 @@ class GuardedResolver(AbstractResolver):
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         for result in results:
-            try:
-                check_address(result["host"], allow_private=self._allow_private)
-            except TargetForbidden as error:
-                raise TargetForbidden(f"host {host} resolves to {result['host']}: "
-                                      f"{str(error).split(': ', 1)[1]}") from None
+            check_address(result["host"], allow_private=self._allow_private, name=host)
         return results
 
     async def close(self) -> None:
