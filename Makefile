@@ -31,6 +31,10 @@ services:
 test: install services
 	TEST_DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole pipeline in the foreground (demo devnet when RPC_URL is unset); ARGS=--once: smoke test.
+run: install services
+	$(PY) scripts/run.py $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check core ingest processor workers scripts tests alembic
 	$(VENV)/bin/mypy

@@ -59,7 +59,8 @@ async def collect(database_url: str, redis_url: str, rpc_urls: list[str]) -> Sta
     heads = await asyncio.gather(*(node_head(url) for url in rpc_urls))
     conn = await connect(database_url, timeout=10)
     try:
-        known_heads = {h.chain_id: h.head for h in heads if h.chain_id is not None}
+        known_heads = {h.chain_id: h.head for h in heads
+                       if h.chain_id is not None and h.head is not None}
         report = StatusReport(
             generated_at=datetime.now(UTC),
             storage_path=await storage(conn),
@@ -99,23 +100,23 @@ def render(report: StatusReport, console: Console) -> None:
     for chain in report.chains:
         chains.add_column(str(chain.chain_id), justify="right")
 
-    def row(label: str, cells: list[str]) -> None:
+    def add(label: str, cells: list[str]) -> None:
         chains.add_row(label, *cells)
 
-    row("node head", [_value(c.node_head) for c in report.chains])
-    row("checkpoint", [_value(c.checkpoint) for c in report.chains])
-    row("lag (blocks)", [f"[yellow]{c.lag_blocks:,}[/]" if (c.lag_blocks or 0) > 10
+    add("node head", [_value(c.node_head) for c in report.chains])
+    add("checkpoint", [_value(c.checkpoint) for c in report.chains])
+    add("lag (blocks)", [f"[yellow]{c.lag_blocks:,}[/]" if (c.lag_blocks or 0) > 10
                          else _value(c.lag_blocks) for c in report.chains])
-    row("events valid", [_value(c.events_valid) for c in report.chains])
-    row("events invalidated", [_value(c.events_invalidated) for c in report.chains])
-    row("last reorg", [f"depth {c.last_reorg.depth} at #{c.last_reorg.common_ancestor}, "
+    add("events valid", [_value(c.events_valid) for c in report.chains])
+    add("events invalidated", [_value(c.events_invalidated) for c in report.chains])
+    add("last reorg", [f"depth {c.last_reorg.depth} at #{c.last_reorg.common_ancestor}, "
                        f"{_age(c.last_reorg.age_seconds)} ago" if c.last_reorg else "-"
                        for c in report.chains])
-    row("processor backlog", [f"{c.unprocessed_batches:,} batches, {c.unprocessed_events:,} events"
+    add("processor backlog", [f"{c.unprocessed_batches:,} batches, {c.unprocessed_events:,} events"
                               for c in report.chains])
-    row("oldest unprocessed", [_age(c.oldest_unprocessed_age_seconds) for c in report.chains])
-    row("awaiting confirmations", [_value(c.deferred_matches) for c in report.chains])
-    row("enabled triggers", [_value(c.triggers_enabled) for c in report.chains])
+    add("oldest unprocessed", [_age(c.oldest_unprocessed_age_seconds) for c in report.chains])
+    add("awaiting confirmations", [_value(c.deferred_matches) for c in report.chains])
+    add("enabled triggers", [_value(c.triggers_enabled) for c in report.chains])
     console.print(chains)
     for node in report.nodes:
         if node.error:
@@ -141,8 +142,9 @@ def render(report: StatusReport, console: Console) -> None:
         broken = Table(title="invalid triggers (skipped by the processor)", title_justify="left")
         for column in ("id", "name", "chain", "enabled", "error"):
             broken.add_column(column)
-        for row in report.invalid_triggers:
-            broken.add_row(str(row.id), row.name, str(row.chain_id), str(row.enabled), row.error)
+        for trigger in report.invalid_triggers:
+            broken.add_row(str(trigger.id), trigger.name, str(trigger.chain_id),
+                           str(trigger.enabled), trigger.error)
         console.print(broken)
     else:
         console.print("invalid triggers: none")

@@ -1,4 +1,5 @@
-"""Ask a JSON-RPC node which chain it serves and where its head is (for status and the demo).
+"""Ask a JSON-RPC node which chain it serves and where its head is (status, the demo, start-up
+ordering in Procfile.demo).
 
 Deliberately tiny and separate from ``ingest/rpc.py``: these are one-shot questions with a short
 timeout whose failure is reported, never retried.
@@ -51,3 +52,25 @@ async def wait_for_node(url: str, *, within: float) -> NodeHead:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"node {url} did not answer within {within:.0f} s ({answer.error})")
         await asyncio.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m scripts.ops.rpc wait URL [--within S]``: exit 0 once the node answers, 1 with
+    one line when it does not within S seconds (used to order start-up in Procfile.demo)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m scripts.ops.rpc")
+    parser.add_argument("command", choices=["wait"])
+    parser.add_argument("url")
+    parser.add_argument("--within", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(wait_for_node(args.url, within=args.within))
+    except TimeoutError as error:
+        print(f"wait: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
