@@ -1,0 +1,95 @@
+"""Reorgs with ``anvil_reorg`` (guarantee 2): exactly the orphaned events are invalidated, the new
+canonical events are ingested, the ``reorgs`` row is right, and the checkpoint follows the chain.
+Runs on both storage backends (the invalidating UPDATE works on the hypertable)."""
+
+from __future__ import annotations
+
+import pytest
+from web3.contract import Contract
+
+from tests.ingest.conftest import (
+    chain_logs,
+    checkpoint_of,
+    emit_blocks,
+    fetch,
+    ingest_settings,
+    running_indexer,
+    stored_logs,
+    wait_for_checkpoint,
+    wait_until,
+)
+from tests.support.anvil import Anvil
+
+
+@pytest.mark.parametrize("replacements", [False, True], ids=["empty", "replacement-txs"])
+@pytest.mark.parametrize("depth", [1, 5])
+async def test_anvil_reorg_invalidates_exactly_the_orphaned_events(
+        db_url: str, anvil: Anvil, emitter: Contract, depth: int, replacements: bool) -> None:
+    emit_blocks(emitter, 8, 6)
+    async with running_indexer(ingest_settings(db_url, anvil.url, max_block_range=4)):
+        await wait_for_checkpoint(db_url, anvil)
+        before = set(await stored_logs(db_url))
+        old_head = anvil.rpc("eth_getBlockByNumber", "latest", False)
+        head = int(old_head["number"], 16)
+        ancestor = head - depth
+        orphaned = {row for row in before if row[0] > ancestor}
+        assert orphaned, "the orphaned blocks must carry events for this test to mean anything"
+
+        pairs = []
+        if replacements:
+            w3 = emitter.w3
+            call = emitter.functions.emitMany(3).build_transaction(
+                {"from": w3.eth.accounts[0], "gas": 500_000})
+            tx = {"from": call["from"], "to": call["to"], "data": call["data"], "gas": hex(500_000)}
+            pairs = [[tx, offset] for offset in range(depth)]
+        anvil.rpc("anvil_reorg", depth, pairs)
+
+        async def reorg_recorded() -> bool:
+            return bool(await fetch(db_url, "SELECT 1 FROM reorgs"))
+        await wait_until(reorg_recorded, what="the reorgs row")
+        await wait_for_checkpoint(db_url, anvil)
+
+    invalidated = await stored_logs(db_url, invalidated=True)
+    assert set(invalidated) == orphaned and len(invalidated) == len(orphaned)
+    valid = await stored_logs(db_url)
+    assert len(valid) == len(set(valid))
+    assert set(valid) == chain_logs(anvil)
+    if replacements:
+        assert {row[0] for row in valid if row[0] > ancestor} == set(range(ancestor + 1, head + 1))
+    [reorg] = await fetch(db_url, "SELECT * FROM reorgs")
+    new_head = anvil.rpc("eth_getBlockByNumber", "latest", False)
+    assert (reorg["chain_id"], reorg["depth"], reorg["common_ancestor"]) == (31337, depth, ancestor)
+    assert reorg["old_head_hash"] == old_head["hash"]
+    assert reorg["new_head_hash"] == new_head["hash"]
+    assert reorg["events_invalidated"] == len(orphaned)
+    assert await checkpoint_of(db_url) == (head, new_head["hash"])
+    times = await fetch(db_url, "SELECT count(*) AS n FROM events WHERE invalidated AND invalidated_at IS NULL")
+    assert times[0]["n"] == 0
+    blocks = await fetch(db_url, "SELECT number, hash FROM blocks WHERE number > $1 ORDER BY number",
+                         ancestor)
+    assert [b["hash"] for b in blocks] == [
+        anvil.rpc("eth_getBlockByNumber", hex(n), False)["hash"] for n in range(ancestor + 1, head + 1)]
+
+
+async def test_reorg_deeper_than_the_window_stops_with_the_replay_command(
+        plain_db_url: str, anvil: Anvil, emitter: Contract) -> None:
+    import asyncio
+
+    from core.errors import ReorgTooDeep
+    from ingest.poller import Indexer
+    from ingest.rpc import JsonRpcClient
+
+    emit_blocks(emitter, 6, 2)
+    settings = ingest_settings(plain_db_url, anvil.url, reorg_window=3)
+    async with running_indexer(settings):
+        await wait_for_checkpoint(plain_db_url, anvil)
+    before = await checkpoint_of(plain_db_url)
+    anvil.rpc("anvil_reorg", 5, [])
+    async with JsonRpcClient(anvil.url) as source:
+        with pytest.raises(ReorgTooDeep) as raised:
+            await asyncio.wait_for(Indexer(settings, source).run(asyncio.Event()), 30)
+    message = str(raised.value)
+    assert "REORG_WINDOW=3" in message and "\n" not in message
+    assert "python scripts/replay.py --chain-id 31337 --from-block" in message
+    assert await checkpoint_of(plain_db_url) == before  # nothing written
+    assert not await stored_logs(plain_db_url, invalidated=True)

@@ -1,0 +1,121 @@
+"""The pure parts: range sizing, backoff, error classification, parsing, ancestor search."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from core.errors import ReorgTooDeep, RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
+from ingest.ranges import RangeSizer, backoff_delay
+from ingest.reorg import detect, find_ancestor
+from ingest.rpc import Header, classify_rpc_error, parse_header, parse_logs, parse_retry_after
+from ingest.store import Checkpoint, StoredBlock
+
+H = "0x" + "ab" * 32
+
+
+def test_range_sizer_uses_the_suggestion_halves_and_grows_back() -> None:
+    sizer = RangeSizer(100, grow_after=2)
+    assert sizer.span(10, 1000) == (10, 109)
+    assert sizer.span(10, 50) == (10, 50)
+    sizer.shrink(10, 109, suggested=(10, 39))
+    assert sizer.size == 30
+    sizer.shrink(10, 39, suggested=None)
+    assert sizer.size == 15
+    sizer.shrink(10, 24, suggested=(11, 12))  # does not start at our range: halve instead
+    assert sizer.size == 7
+    for _ in range(20):
+        sizer.succeeded(sizer.size, 0)
+    assert sizer.size == 100
+    sizer.shrink(5, 5)
+    assert sizer.size == 1
+
+
+def test_range_sizer_follows_log_density() -> None:
+    sizer = RangeSizer(2000, target_logs=10_000)
+    sizer.succeeded(2000, 200_000)
+    assert sizer.size == 100
+    for _ in range(10):
+        sizer.succeeded(100, 10_000)
+    assert sizer.size == 100  # does not grow past the density that fills a range
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, base=0.25, cap=30, rng=rng) for n in range(1, 12)]
+    assert all(0.125 * 2 ** (n - 1) <= d <= min(30, 0.25 * 2 ** (n - 1)) for n, d in
+               zip(range(1, 12), delays, strict=True) if 0.25 * 2 ** (n - 1) <= 30)
+    assert max(delays) <= 30
+    assert backoff_delay(1, retry_after=5, rng=rng) >= 5
+    assert backoff_delay(1, retry_after=500, cap=30, rng=rng) == 30
+
+
+@pytest.mark.parametrize("message, suggested", [
+    ("query returned more than 10000 results. Try with this block range [0x10, 0x2F].", (16, 47)),
+    ("Log response size exceeded. ... this block range should work: [0x1, 0x5]", (1, 5)),
+    ("block range too large", None),
+    ("exceed maximum block range: 5000", None),
+    ("query exceeds max results 20000, retry with the range 1-2", None),
+])
+def test_provider_limit_errors_are_recognised(message: str, suggested: tuple[int, int] | None) -> None:
+    error = classify_rpc_error("eth_getLogs", {"code": -32005, "message": message})
+    assert isinstance(error, RpcRangeTooLarge)
+    assert error.suggested == suggested
+
+
+def test_other_rpc_errors_are_transient() -> None:
+    assert isinstance(classify_rpc_error("eth_getLogs", {"code": -32603, "message": "boom"}),
+                      RpcUnavailable)
+    assert isinstance(classify_rpc_error("eth_blockNumber", "nonsense"), RpcBadResponse)
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+
+
+def _raw_log(**overrides: object) -> dict[str, object]:
+    item: dict[str, object] = {"blockNumber": "0x5", "blockHash": H.upper().replace("0X", "0x"),
+                               "transactionHash": H, "transactionIndex": "0x0", "logIndex": "0x2",
+                               "address": "0x" + "AB" * 20, "topics": [H], "data": "0xDEAD",
+                               "removed": False}
+    item.update(overrides)
+    return item
+
+
+def test_logs_parse_lowercase_with_null_topics_and_refuse_wrong_types() -> None:
+    [log] = parse_logs([_raw_log()])
+    assert log.block_hash == H and log.address == "0x" + "ab" * 20 and log.data == "0xdead"
+    assert (log.topic0, log.topic1, log.topic3) == (H, None, None)
+    for bad in ({"logIndex": 2}, {"topics": "0x00"}, {"blockHash": "0x12"}, {"removed": True},
+                {"data": None}, {"topics": [H] * 5}):
+        with pytest.raises(RpcBadResponse):
+            parse_logs([_raw_log(**bad)])
+    with pytest.raises(RpcBadResponse):
+        parse_logs({"not": "a list"})
+    with pytest.raises(RpcBadResponse):
+        parse_header({"number": 1, "hash": H, "parentHash": H, "timestamp": "0x1"})
+    assert parse_header(None) is None
+
+
+def _chain(tag: str, numbers: range) -> dict[int, Header | None]:
+    return {n: Header(n, f"0x{tag}{n:063x}"[:66], "", n) for n in numbers}
+
+
+def test_ancestor_search_on_a_scripted_chain() -> None:
+    time = datetime(2026, 1, 1, tzinfo=UTC)
+    stored = [StoredBlock(n, f"0xa{n:063x}", time) for n in range(20, 9, -1)]
+    canonical = _chain("a", range(10, 16)) | _chain("b", range(16, 21))
+    assert find_ancestor(stored, canonical).number == 15  # type: ignore[union-attr]
+    reorg = detect(1, Checkpoint(20, stored[0].hash), stored, canonical, window=11)
+    assert reorg is not None and reorg.depth == 5 and reorg.new_head_hash == canonical[20].hash  # type: ignore[union-attr]
+    assert detect(1, Checkpoint(20, stored[0].hash), stored, _chain("a", range(10, 21)),
+                  window=11) is None
+    shorter = _chain("a", range(10, 14)) | dict.fromkeys(range(14, 21))
+    assert detect(1, Checkpoint(20, ""), stored, shorter, window=11).ancestor.number == 13  # type: ignore[union-attr]
+    with pytest.raises(ReorgTooDeep, match="--from-block 10"):
+        detect(1, Checkpoint(20, ""), stored, _chain("c", range(10, 21)), window=11)
