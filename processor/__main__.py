@@ -1,0 +1,42 @@
+"""``python -m processor``: trigger evaluation; any number of instances may run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+import structlog
+
+from core.cli import run_service
+from core.db import create_pool
+from core.logging import configure_logging
+from core.metrics import serve_metrics
+from core.settings import ProcessorSettings, load_settings
+from processor.service import Processor
+
+log = structlog.get_logger("processor")
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = load_settings(ProcessorSettings)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service="processor")
+    serve_metrics(settings.metrics_port)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    # Timeouts keep a dead Redis from hanging the loop: the rows stay pending and are swept.
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
+                                        socket_timeout=5)
+    processor = Processor(database_url=settings.database_url, pool=pool,
+                          redis_client=redis_client, batch_size=settings.processor_batch_size,
+                          sweep_interval=settings.processor_sweep_interval)
+    log.info("processor starting", batch_size=settings.processor_batch_size,
+             sweep_interval=settings.processor_sweep_interval)
+    try:
+        await processor.run(stop)
+    finally:
+        await pool.close()
+        redis_client.close()
+        log.info("processor stopped")
+
+
+if __name__ == "__main__":
+    run_service("processor", main)

@@ -1,0 +1,91 @@
+"""Evaluate stored events against the registry: pure, no I/O.
+
+Each event finds its candidate triggers in O(1); the log is decoded once per distinct signature
+among them (a log that does not decode is a non-match, counted); conditions are compiled
+closures. A match becomes a delivery now, or a deferred match when the trigger wants more
+confirmations than the chain's checkpoint gives yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from processor.decode import DecodeError, LogDecoder
+from processor.registry import TriggerRegistry
+
+_UNDECODABLE: Any = object()
+
+
+@dataclass
+class Evaluation:
+    """Matches of one group of events, as column lists ready for ``unnest`` inserts."""
+
+    action_ids: list[int] = field(default_factory=list)
+    trigger_ids: list[int] = field(default_factory=list)
+    event_ids: list[int] = field(default_factory=list)
+    # Deferred matches (confirmations not reached yet).
+    deferred_action_ids: list[int] = field(default_factory=list)
+    deferred_trigger_ids: list[int] = field(default_factory=list)
+    deferred_event_ids: list[int] = field(default_factory=list)
+    deferred_block_numbers: list[int] = field(default_factory=list)
+    deferred_block_times: list[datetime] = field(default_factory=list)
+    deferred_ready_at: list[int] = field(default_factory=list)
+    events: int = 0
+    matches: int = 0
+    decode_failures: int = 0
+    # trigger id → deliveries (or deferred matches) this evaluation asks for.
+    per_trigger: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def deferred_count(self) -> int:
+        return len(self.deferred_event_ids)
+
+
+def evaluate_events(events: Sequence[Mapping[str, Any]], registry: TriggerRegistry, *,
+                    chain_id: int, checkpoint: int | None,
+                    result: Evaluation | None = None) -> Evaluation:
+    """Evaluate ``events`` (rows with id, block_number, block_time, address, topic0..3, data,
+    tx_hash, log_index) of ``chain_id``. ``checkpoint`` is the chain's last ingested block
+    (``None`` when unknown: every ``confirmations > 0`` match is deferred)."""
+    result = result or Evaluation()
+    candidates_of = registry.candidates
+    per_trigger = result.per_trigger
+    for event in events:
+        result.events += 1
+        candidates = candidates_of(chain_id, event["address"], event["topic0"])
+        if not candidates:
+            continue
+        decoded: dict[LogDecoder, Any] = {}
+        for trigger in candidates:
+            args = decoded.get(trigger.decoder)
+            if args is None:
+                try:
+                    args = trigger.decoder(event["topic1"], event["topic2"], event["topic3"],
+                                           event["data"])
+                except DecodeError:
+                    args = _UNDECODABLE
+                    result.decode_failures += 1
+                decoded[trigger.decoder] = args
+            if args is _UNDECODABLE or not trigger.predicate(args, event):
+                continue
+            result.matches += 1
+            block_number = event["block_number"]
+            ready_at = block_number + trigger.confirmations
+            deferred = trigger.confirmations > 0 and (checkpoint is None or checkpoint < ready_at)
+            for action_id in trigger.action_ids:
+                per_trigger[trigger.id] = per_trigger.get(trigger.id, 0) + 1
+                if deferred:
+                    result.deferred_action_ids.append(action_id)
+                    result.deferred_trigger_ids.append(trigger.id)
+                    result.deferred_event_ids.append(event["id"])
+                    result.deferred_block_numbers.append(block_number)
+                    result.deferred_block_times.append(event["block_time"])
+                    result.deferred_ready_at.append(ready_at)
+                else:
+                    result.action_ids.append(action_id)
+                    result.trigger_ids.append(trigger.id)
+                    result.event_ids.append(event["id"])
+    return result

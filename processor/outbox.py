@@ -1,0 +1,152 @@
+"""The transactional outbox: delivery rows are the record, RQ jobs only the transport.
+
+Rows are created ``pending`` in the same transaction as the work that decided them (a batch, a
+ripening, a reorg correction); after commit their ids are enqueued (``core.queue``) and the rows
+marked ``queued``. When Redis is down or the process dies in between, the rows stay ``pending``
+and :func:`sweep_outbox` enqueues them later; a ``queued`` row whose job was lost (Redis
+flushed) is re-enqueued once its ``next_attempt_at`` is more than ``STALE_QUEUED`` in the past.
+Duplicate jobs are harmless: workers lock each row for an attempt and skip final ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import redis
+import structlog
+
+from core.queue import enqueue_deliveries
+from processor import metrics
+
+log = structlog.get_logger(__name__)
+
+PENDING_GRACE_SECONDS = 5.0
+STALE_QUEUED_SECONDS = 60.0
+SWEEP_LIMIT = 5000
+
+_INSERT_DELIVERIES = """
+INSERT INTO deliveries (action_id, trigger_id, event_id, kind, status, replay, event_committed_at)
+SELECT u.action_id, u.trigger_id, u.event_id, $4, 'pending', $5, $6
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(action_id, trigger_id, event_id)
+ON CONFLICT (action_id, event_id, kind) DO NOTHING
+RETURNING id
+"""
+
+_INSERT_DEFERRED = """
+INSERT INTO deferred_matches (action_id, trigger_id, event_id, chain_id, block_number, block_time,
+                              ready_at_block, replay)
+SELECT u.action_id, u.trigger_id, u.event_id, $7, u.block_number, u.block_time, u.ready_at, $8
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[],
+            $6::bigint[]) AS u(action_id, trigger_id, event_id, block_number, block_time, ready_at)
+WHERE NOT EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.action_id = u.action_id AND d.event_id = u.event_id
+                    AND d.kind = 'matched')
+ON CONFLICT (action_id, event_id) DO NOTHING
+"""
+
+_MARK_QUEUED = """
+UPDATE deliveries SET status = 'queued', queued_at = now()
+WHERE id = ANY($1::bigint[]) AND status = 'pending'
+"""
+
+# Claimed with SKIP LOCKED so two processors never sweep the same rows; a worker holding a row
+# for an attempt also keeps it out of the sweep.
+_CLAIM_PENDING = """
+SELECT id FROM deliveries
+WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1)
+ORDER BY id LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+_CLAIM_STALE_QUEUED = """
+SELECT id FROM deliveries
+WHERE status = 'queued'
+  AND next_attempt_at < now() - make_interval(secs => $1)
+  AND (queued_at IS NULL OR queued_at < now() - make_interval(secs => $1))
+ORDER BY id LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+_REQUEUED = "UPDATE deliveries SET status = 'queued', queued_at = now() WHERE id = ANY($1::bigint[])"
+
+
+async def insert_deliveries(conn: asyncpg.Connection, *, action_ids: Sequence[int],
+                            trigger_ids: Sequence[int], event_ids: Sequence[int],
+                            kind: str = "matched", replay: bool = False,
+                            committed_at: datetime | None = None) -> list[int]:
+    """Create ``pending`` deliveries in the caller's transaction; return the ids of the rows
+    actually created (pairs that already have a delivery of ``kind`` are skipped)."""
+    if not event_ids:
+        return []
+    rows = await conn.fetch(_INSERT_DELIVERIES, action_ids, trigger_ids, event_ids, kind, replay,
+                            committed_at)
+    metrics.DELIVERIES_CREATED.labels(kind).inc(len(rows))
+    return [row["id"] for row in rows]
+
+
+async def insert_deferred(conn: asyncpg.Connection, *, chain_id: int, action_ids: Sequence[int],
+                          trigger_ids: Sequence[int], event_ids: Sequence[int],
+                          block_numbers: Sequence[int], block_times: Sequence[datetime],
+                          ready_at: Sequence[int], replay: bool = False) -> None:
+    """Park matches until the chain's checkpoint reaches ``ready_at`` (caller's transaction);
+    pairs that already have a matched delivery or a deferred row are skipped."""
+    if not event_ids:
+        return
+    await conn.execute(_INSERT_DEFERRED, action_ids, trigger_ids, event_ids, block_numbers,
+                       block_times, ready_at, chain_id, replay)
+    metrics.DEFERRED_CREATED.inc(len(event_ids))
+
+
+async def push(redis_client: redis.Redis, delivery_ids: Sequence[int]) -> bool:
+    """Enqueue jobs for ``delivery_ids``; ``False`` (logged) when Redis is unreachable."""
+    if not delivery_ids:
+        return True
+    try:
+        await asyncio.to_thread(enqueue_deliveries, redis_client, delivery_ids)
+    except redis.RedisError as error:
+        log.warning("redis unavailable, deliveries stay pending", deliveries=len(delivery_ids),
+                    error=str(error))
+        return False
+    return True
+
+
+async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
+                          delivery_ids: Sequence[int],
+                          committed_at: Sequence[datetime | None] = ()) -> bool:
+    """After commit: enqueue freshly created deliveries and mark them ``queued``. On a Redis
+    failure they stay ``pending`` for the sweep. ``committed_at`` (per id, optional) feeds the
+    commit → enqueue latency histogram."""
+    if not delivery_ids or not await push(redis_client, delivery_ids):
+        return False
+    now = time.time()
+    for moment in committed_at:
+        if moment is not None:
+            metrics.ENQUEUE_LATENCY.observe(max(0.0, now - moment.timestamp()))
+    async with pool.acquire() as conn:
+        await conn.execute(_MARK_QUEUED, list(delivery_ids))
+    return True
+
+
+async def sweep_outbox(pool: asyncpg.Pool, redis_client: redis.Redis, *,
+                       pending_grace: float = PENDING_GRACE_SECONDS,
+                       stale_queued: float = STALE_QUEUED_SECONDS,
+                       limit: int = SWEEP_LIMIT) -> int:
+    """Enqueue ``pending`` rows older than ``pending_grace`` and re-enqueue ``queued`` rows whose
+    job must have been lost; return how many. Rows stay locked while Redis is written, so a
+    failure rolls back to the previous state and nothing is marked queued without a job."""
+    total = 0
+    for reason, query, age in (("pending", _CLAIM_PENDING, pending_grace),
+                               ("lost", _CLAIM_STALE_QUEUED, stale_queued)):
+        async with pool.acquire() as conn, conn.transaction():
+            ids = [row["id"] for row in await conn.fetch(query, age, limit)]
+            if not ids or not await push(redis_client, ids):
+                continue
+            await conn.execute(_REQUEUED, ids)
+        metrics.REQUEUED.labels(reason).inc(len(ids))
+        log.info("deliveries enqueued by sweep", reason=reason, deliveries=len(ids))
+        total += len(ids)
+    return total

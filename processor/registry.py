@@ -1,0 +1,231 @@
+"""The in-memory trigger registry: enabled triggers with their enabled actions, validated and
+compiled once per load, indexed by ``(chain_id, address or None, topic0)`` for O(1) candidate
+lookup per event.
+
+An invalid trigger (unparseable signature, bad condition, bad action config) is skipped; its
+reason is written to ``triggers.error`` only when it changed (so each reason is logged once across
+any number of processors) and cleared when the trigger is fixed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+
+from core.errors import InvalidTrigger
+from processor.conditions import Predicate, compile_conditions
+from processor.decode import LogDecoder, log_decoder
+from processor.signature import EventSignature, parse_event_signature
+
+log = structlog.get_logger(__name__)
+
+SECRET_PREFIX = "whsec_"
+
+
+class WebhookConfig(BaseModel):
+    """``actions.config`` of a webhook action (SPEC §4). Unknown keys are refused so a typo
+    (``secert``) cannot silently send unsigned webhooks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: StrictStr
+    secret: StrictStr | None = None
+    headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    timeout: Annotated[float, Field(gt=0, strict=True)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"url scheme {parts.scheme or '(none)'!r} is not http or https")
+        if not parts.hostname:
+            raise ValueError("url has no host")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(SECRET_PREFIX):
+            raise ValueError(f"secret must start with {SECRET_PREFIX!r}")
+        encoded = value[len(SECRET_PREFIX):]
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"secret after {SECRET_PREFIX!r} is not valid base64") from None
+        if not key:
+            raise ValueError("secret is empty")
+        return value
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledTrigger:
+    """A valid, enabled trigger ready for evaluation (identity-compared, never mutated)."""
+
+    id: int
+    name: str
+    chain_id: int
+    address: str | None
+    signature: EventSignature
+    topic0: str
+    decoder: LogDecoder
+    predicate: Predicate
+    confirmations: int
+    action_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TriggerRow:
+    """One ``triggers`` row with its enabled actions, as loaded."""
+
+    id: int
+    name: str
+    chain_id: int
+    address: str | None
+    event_signature: str
+    conditions: Any
+    confirmations: int
+    error: str | None
+    actions: tuple[tuple[int, Any], ...]  # (action id, config)
+
+
+def _action_error(action_id: int, config: Any) -> str | None:
+    if not isinstance(config, Mapping):
+        return f"action {action_id}: config must be a JSON object"
+    try:
+        WebhookConfig.model_validate(config)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc']) or 'config'}: "
+            f"{item['msg'].removeprefix('Value error, ')}" for item in error.errors())
+        return f"action {action_id}: {problems}"
+    return None
+
+
+def compile_trigger(row: TriggerRow) -> CompiledTrigger:
+    """Validate and compile one trigger; raise ``InvalidTrigger`` with a reason for the user."""
+    signature = parse_event_signature(row.event_signature)
+    predicate = compile_conditions(row.conditions, signature)
+    for action_id, config in row.actions:
+        if (problem := _action_error(action_id, config)) is not None:
+            raise InvalidTrigger(problem)
+    return CompiledTrigger(
+        id=row.id, name=row.name, chain_id=row.chain_id,
+        address=row.address.lower() if row.address else None,
+        signature=signature, topic0=signature.topic0, decoder=log_decoder(signature),
+        predicate=predicate, confirmations=row.confirmations,
+        action_ids=tuple(action_id for action_id, _ in row.actions),
+    )
+
+
+@dataclass
+class TriggerRegistry:
+    """Candidate lookup: ``candidates(chain, address, topic0)`` → the triggers to evaluate."""
+
+    triggers: tuple[CompiledTrigger, ...] = ()
+    invalid: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        exact: dict[tuple[int, str, str], list[CompiledTrigger]] = defaultdict(list)
+        wildcard: dict[tuple[int, str], list[CompiledTrigger]] = defaultdict(list)
+        for trigger in self.triggers:
+            if trigger.address is None:
+                wildcard[(trigger.chain_id, trigger.topic0)].append(trigger)
+            else:
+                exact[(trigger.chain_id, trigger.address, trigger.topic0)].append(trigger)
+        self._exact = {key: tuple(value) for key, value in exact.items()}
+        self._wildcard = {key: tuple(value) for key, value in wildcard.items()}
+        self.by_id = {trigger.id: trigger for trigger in self.triggers}
+
+    def candidates(self, chain_id: int, address: str, topic0: str | None
+                   ) -> tuple[CompiledTrigger, ...]:
+        """Triggers whose (chain, address, topic0) fit the event; ``address`` lowercase."""
+        if topic0 is None:
+            return ()
+        exact = self._exact.get((chain_id, address, topic0), ())
+        wildcard = self._wildcard.get((chain_id, topic0), ())
+        if not wildcard:
+            return exact
+        return exact + wildcard if exact else wildcard
+
+    @classmethod
+    def build(cls, rows: Iterable[TriggerRow]) -> TriggerRegistry:
+        """Compile every row; invalid ones land in ``invalid`` (id → reason)."""
+        compiled, invalid = [], {}
+        for row in rows:
+            try:
+                trigger = compile_trigger(row)
+            except InvalidTrigger as error:
+                invalid[row.id] = str(error)
+                continue
+            if trigger.action_ids:
+                compiled.append(trigger)
+        return cls(triggers=tuple(compiled), invalid=invalid)
+
+
+_LOAD_TRIGGERS = """
+SELECT t.id, t.name, t.chain_id, t.address, t.event_signature, t.conditions, t.confirmations,
+       t.error,
+       coalesce(array_agg(a.id ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL), '{}') AS action_ids,
+       coalesce(array_agg(a.config::text ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL), '{}')
+           AS action_configs
+FROM triggers t
+LEFT JOIN actions a ON a.trigger_id = t.id AND a.enabled
+WHERE t.enabled
+GROUP BY t.id
+ORDER BY t.id
+"""
+
+# Only changed reasons are written: the RETURNING rows are exactly the news worth logging.
+_WRITE_ERRORS = """
+UPDATE triggers t SET error = u.error
+FROM unnest($1::bigint[], $2::text[]) AS u(id, error)
+WHERE t.id = u.id AND t.error IS DISTINCT FROM u.error
+RETURNING t.id, t.name, u.error
+"""
+
+
+async def fetch_trigger_rows(conn: asyncpg.Connection) -> list[TriggerRow]:
+    """Enabled triggers with their enabled actions (configs as parsed JSON)."""
+    import orjson
+
+    rows = await conn.fetch(_LOAD_TRIGGERS)
+    return [
+        TriggerRow(
+            id=row["id"], name=row["name"], chain_id=row["chain_id"], address=row["address"],
+            event_signature=row["event_signature"], conditions=row["conditions"],
+            confirmations=row["confirmations"], error=row["error"],
+            actions=tuple(zip(row["action_ids"],
+                              (orjson.loads(text) for text in row["action_configs"]), strict=True)),
+        )
+        for row in rows
+    ]
+
+
+async def load_registry(conn: asyncpg.Connection) -> TriggerRegistry:
+    """Load, compile and index the enabled triggers; record changed ``triggers.error`` values
+    (set for invalid triggers, cleared for valid ones) and log each change once."""
+    rows = await fetch_trigger_rows(conn)
+    registry = TriggerRegistry.build(rows)
+    changed = [(row.id, registry.invalid.get(row.id)) for row in rows
+               if registry.invalid.get(row.id) != row.error]
+    if changed:
+        written = await conn.fetch(_WRITE_ERRORS, [c[0] for c in changed], [c[1] for c in changed])
+        for row in written:
+            if row["error"] is None:
+                log.info("trigger valid again", trigger_id=row["id"], trigger=row["name"])
+            else:
+                log.warning("trigger invalid, skipped", trigger_id=row["id"], trigger=row["name"],
+                            reason=row["error"])
+    return registry

@@ -1,0 +1,140 @@
+"""The processor's main loop: wake on NOTIFY or the sweep timer, then do whatever is due.
+
+Every unit of work (a claim of batches, a ripening, a correction, an outbox sweep) is one
+transaction followed by an enqueue, so stopping between units loses and duplicates nothing.
+Database or Redis outages are transient: the loop backs off and retries; the LISTEN connection
+reconnects on its own and its ``"reconnected"`` wake-up triggers a full sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import asyncpg
+import redis
+import structlog
+
+from processor import metrics
+from processor.batches import process_batches
+from processor.confirmations import ripen_deferred
+from processor.corrections import correct_reorgs
+from processor.listener import Backoff, Wakeups, listen, sleep_or_stop
+from processor.outbox import enqueue_created, sweep_outbox
+from processor.registry import TriggerRegistry, load_registry
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+             redis.RedisError)
+
+_LAG = """
+SELECT count(*) AS batches, coalesce(sum(row_count), 0) AS events
+FROM event_batches WHERE processed_at IS NULL
+"""
+
+
+class Processor:
+    """One processor instance; any number may run against the same database."""
+
+    def __init__(self, *, database_url: str, pool: asyncpg.Pool, redis_client: redis.Redis,
+                 batch_size: int, sweep_interval: float) -> None:
+        self.database_url = database_url
+        self.pool = pool
+        self.redis = redis_client
+        self.batch_size = batch_size
+        self.sweep_interval = sweep_interval
+        self.registry = TriggerRegistry()
+        self.wakeups = Wakeups()
+        self._registry_stale = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set; returns after finishing the current unit of work."""
+        listener = asyncio.create_task(listen(self.database_url, self.wakeups, stop))
+        stopper = asyncio.create_task(self._wake_on(stop))
+        backoff = Backoff(base=0.2, cap=5.0)
+        next_sweep = 0.0  # sweep at start
+        try:
+            while not stop.is_set():
+                reasons = await self.wakeups.take(max(0.0, next_sweep - time.monotonic()))
+                if stop.is_set():
+                    break
+                sweep = "reconnected" in reasons or time.monotonic() >= next_sweep
+                if reasons & {"reconnected", "triggers"}:
+                    self._registry_stale = True
+                try:
+                    await self.step(stop, sweep=sweep, reasons=reasons)
+                except TRANSIENT as error:
+                    delay = backoff.next_delay()
+                    log.warning("processing failed, retrying", error=str(error) or repr(error),
+                                retry_in=round(delay, 2))
+                    self.wakeups.post("retry")
+                    await sleep_or_stop(stop, delay)
+                    continue
+                backoff.reset()
+                if sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval
+        finally:
+            stopper.cancel()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.wakeups.post("stop")
+
+    async def step(self, stop: asyncio.Event, *, sweep: bool, reasons: set[str]) -> None:
+        """One round: reload triggers if stale, drain batches, ripen, correct, sweep."""
+        if self._registry_stale:
+            async with self.pool.acquire() as conn:
+                self.registry = await load_registry(conn)
+            self._registry_stale = False
+            metrics.INVALID_TRIGGERS.set(len(self.registry.invalid))
+            log.info("triggers loaded", valid=len(self.registry.triggers),
+                     invalid=len(self.registry.invalid))
+        await self.drain(stop)
+        if sweep or reasons & {"checkpoints", "events", "retry"}:
+            await self.ripen()
+        if sweep or "reorgs" in reasons:
+            async with self.pool.acquire() as conn:
+                corrections = await correct_reorgs(conn, recheck=sweep)
+            if corrections.cancelled or corrections.removed_ids:
+                log.info("reorg corrections", reorgs=corrections.reorgs,
+                         cancelled=corrections.cancelled, removed=len(corrections.removed_ids))
+            await enqueue_created(self.pool, self.redis, corrections.removed_ids)
+        if sweep:
+            await sweep_outbox(self.pool, self.redis)
+            async with self.pool.acquire() as conn:
+                lag = await conn.fetchrow(_LAG)
+            metrics.BATCH_LAG_BATCHES.set(lag["batches"])
+            metrics.BATCH_LAG_EVENTS.set(lag["events"])
+
+    async def drain(self, stop: asyncio.Event) -> int:
+        """Process batches until none is left (or ``stop``); return the events processed."""
+        events = 0
+        while not stop.is_set():
+            async with self.pool.acquire() as conn:
+                claim = await process_batches(conn, self.registry, max_events=self.batch_size)
+            if not claim.batches:
+                break
+            events += claim.events
+            await enqueue_created(self.pool, self.redis, claim.delivery_ids, claim.committed_at)
+            if claim.delivery_ids:
+                log.debug("batches processed", batches=claim.batches, events=claim.events,
+                          deliveries=len(claim.delivery_ids))
+        return events
+
+    async def ripen(self) -> None:
+        while True:
+            async with self.pool.acquire() as conn:
+                ripened = await ripen_deferred(conn)
+            if ripened.delivery_ids:
+                log.info("confirmations reached", deliveries=len(ripened.delivery_ids),
+                         dropped=ripened.dropped)
+            await enqueue_created(self.pool, self.redis, ripened.delivery_ids)
+            if not ripened.delivery_ids and not ripened.dropped:
+                return
