@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -120,24 +121,29 @@ async def running_indexer(settings: IngestSettings) -> AsyncIterator[Indexer]:
 
 
 class IngestProcess:
-    """``python -m ingest`` as a real subprocess, configured by environment."""
+    """``python -m ingest`` as a real subprocess, configured by environment; its stderr (the
+    logs, JSON lines) goes to a file that ``output()`` reads while it runs."""
 
     def __init__(self, db_url: str, rpc_url: str, **env: str) -> None:
         self.env = {**os.environ, "DATABASE_URL": db_url, "RPC_URL": rpc_url, "START_BLOCK": "0",
                     "POLL_INTERVAL": "0.1", "LOG_FORMAT": "json", "METRICS_PORT": "0", **env}
         if "CHAIN_ID" not in env:
             self.env.pop("CHAIN_ID", None)
+        self.stderr = tempfile.NamedTemporaryFile(prefix="bh-ingest-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "ingest"], cwd=ROOT, env=self.env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+    def output(self) -> str:
+        return Path(self.stderr.name).read_text()
 
     def wait(self, timeout: float = 30.0) -> tuple[int, str]:
-        _, stderr = self.process.communicate(timeout=timeout)
-        return self.process.returncode, stderr
+        self.process.wait(timeout)
+        return self.process.returncode, self.output()
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate(timeout=10)
+        self.process.wait(10)
 
     def terminate(self, timeout: float = 30.0) -> tuple[int, str]:
         self.process.terminate()
@@ -151,6 +157,7 @@ def processes() -> Iterator[list[IngestProcess]]:
     yield started
     for proc in started:
         proc.kill()
+        proc.stderr.close()
 
 
 def emit_blocks(emitter: Contract, blocks: int, logs_per_block: int) -> None:
