@@ -47,8 +47,12 @@ DEFAULT_RECEIVER_PORT = 9000
 INTERRUPTED = {130, 143}
 
 
+# Honcho pads process names to the longest ("processor"); our own lines line up with them.
+NAME_WIDTH = 9
+
+
 def _say(message: str) -> None:
-    print(f"{datetime.now():%H:%M:%S} run    | {message}", flush=True)
+    print(f"{datetime.now():%H:%M:%S} {'run':<{NAME_WIDTH}} | {message}", flush=True)
 
 
 def _port(preferred: int | None) -> int:
