@@ -1,0 +1,177 @@
+"""Webhook delivery throughput: ``python scripts/bench.py deliver``.
+
+``DELIVERIES`` queued deliveries (one ERC20 Transfer event each, signed with a ``whsec_`` secret)
+in a throwaway database on the local server, migrated with the real alembic; jobs enqueued the
+way the processor does (``core.queue.enqueue_deliveries``); ``WORKERS`` real ``python -m workers
+--burst`` processes; wall time from starting the workers until every row is ``delivered``. The
+endpoint is the test receiver in its own process, in fast mode (records ids, no verification) so
+that it measures the sender, not the verifier.
+
+Baseline, same run, same receiver: a raw aiohttp keep-alive POST loop (one process, the same
+concurrency as one worker batch, a body of the same size) — the rate at which this machine can
+POST to that receiver at all. The ratio is the price of the record (row locks, outcomes,
+signatures, RQ).
+
+Redis: ``REDIS_URL``'s server, db index ``BENCH_REDIS_DB`` (default 15), flushed first.
+Postgres: ``DATABASE_URL``/``TEST_DATABASE_URL``'s server (default the local one). The
+``--backend`` choice is ignored: deliveries read one event per row by id, which does not depend
+on the storage path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import psycopg
+import redis
+from psycopg.types.json import Jsonb
+
+from core.queue import JOB_BATCH_SIZE, enqueue_deliveries
+from scripts.benchmarks.report import Figure
+from tests.support import databases
+from tests.support.receiver import Receiver
+
+ROOT = Path(__file__).resolve().parents[2]
+DELIVERIES = 10_000
+WORKERS = 2
+BASELINE_POSTS = 10_000
+BAR = 1_000.0
+GOAL = 2_500.0
+TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
+TOPIC0 = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+
+def _server_url() -> str:
+    url = (os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+           or "postgresql://postgres@127.0.0.1:5432/postgres")
+    return url.replace("postgres://", "postgresql://", 1)
+
+
+def _redis_url() -> str:
+    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    index = os.environ.get("BENCH_REDIS_DB", "15")
+    return urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, ""))
+
+
+def _seed(db_url: str, hook_url: str, secret: str) -> list[int]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        trigger_id = conn.execute(
+            "INSERT INTO triggers (name, chain_id, event_signature) VALUES ('bench', 31337, %s) "
+            "RETURNING id", (TRANSFER,)).fetchone()[0]  # type: ignore[index]
+        action_id = conn.execute(
+            "INSERT INTO actions (trigger_id, config) VALUES (%s, %s) RETURNING id",
+            (trigger_id, Jsonb({"url": hook_url, "secret": secret}))).fetchone()[0]  # type: ignore[index]
+        conn.execute(f"""
+            INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash, tx_index,
+                                log_index, address, topic0, topic1, topic2, data)
+            SELECT 31337, g / 100, '0x' || lpad(to_hex(g / 100), 64, '0'), now(),
+                   '0x' || lpad(to_hex(g), 64, '0'), 0, g % 100,
+                   '0x5fbdb2315678afecb367f032d93f642f64180aa3', '{TOPIC0}',
+                   '0x' || lpad('11', 64, '0'), '0x' || lpad(to_hex(g), 64, '0'),
+                   '0x' || lpad(to_hex(g * 1000), 64, '0')
+            FROM generate_series(1, {DELIVERIES}) AS g""")
+        rows = conn.execute(
+            """INSERT INTO deliveries (action_id, trigger_id, event_id, kind, status, queued_at)
+               SELECT %s, %s, id, 'matched', 'queued', now() FROM events ORDER BY id
+               RETURNING id""", (action_id, trigger_id)).fetchall()
+        conn.execute("VACUUM ANALYZE deliveries")
+        conn.execute("VACUUM ANALYZE events")
+    return [row[0] for row in rows]
+
+
+def _delivered(db_url: str) -> tuple[int, float | None]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        count, span = conn.execute(
+            "SELECT count(*), extract(epoch FROM max(delivered_at) - min(delivered_at)) "
+            "FROM deliveries WHERE status = 'delivered'").fetchone()  # type: ignore[misc]
+    return int(count), float(span) if span is not None else None
+
+
+async def _raw_posts(url: str, body: bytes, total: int, concurrency: int) -> float:
+    """POSTs per second of a bare aiohttp keep-alive client, ``concurrency`` in flight."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        remaining = total
+
+        async def one() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                async with session.post(url, data=body,
+                                        headers={"content-type": "application/json"}) as reply:
+                    await reply.read()
+                    assert reply.status == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
+def run(backend: str = "plain") -> list[Figure]:
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    redis_url = _redis_url()
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    db_url = databases.create_database(_server_url(), prefix="bh_bench")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        databases.alembic(db_url, "upgrade", "head")
+        with Receiver(fast=True) as receiver:
+            ids = _seed(db_url, receiver.url, secret)
+            body = b'{"type":"event.matched","delivery_id":1,' + b"x" * 520 + b"}"
+            baseline = asyncio.run(_raw_posts(receiver.url, body, BASELINE_POSTS, JOB_BATCH_SIZE))
+            receiver.reset()
+
+            enqueue_deliveries(client, ids)
+            env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
+                   "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING", "METRICS_PORT": "0"}
+            started = time.perf_counter()
+            workers = [subprocess.Popen([sys.executable, "-m", "workers", "--burst"], cwd=ROOT,
+                                        env=env, stderr=subprocess.PIPE)
+                       for _ in range(WORKERS)]
+            while True:
+                count, _ = _delivered(db_url)
+                if count >= len(ids):
+                    break
+                if all(w.poll() is not None for w in workers):
+                    errors = b"".join(w.stderr.read() for w in workers if w.stderr)
+                    raise RuntimeError(f"workers exited with {count}/{len(ids)} delivered: "
+                                       f"{errors.decode(errors='replace')[-2000:]}")
+                time.sleep(0.02)
+            wall = time.perf_counter() - started
+            for worker in workers:
+                worker.wait(60)
+            _, span = _delivered(db_url)
+            posts = receiver.count()
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        databases.drop_database(db_url)
+        client.flushdb()
+        client.close()
+    rate = len(ids) / wall
+    steady = len(ids) / span if span else rate
+    return [
+        Figure("deliver: deliveries/s (2 workers, wall)", rate, "dlv/s", baseline=baseline,
+               bar=BAR, note=f"{len(ids)} deliveries in {wall:.2f} s incl. worker start; "
+                             f"goal >= {GOAL:,.0f}; receiver saw {posts} POSTs"),
+        Figure("deliver: deliveries/s (first to last 2xx)", steady, "dlv/s", baseline=baseline,
+               note="excludes interpreter start-up"),
+        Figure("deliver: raw aiohttp keep-alive POST loop", baseline, "POST/s",
+               note=f"{BASELINE_POSTS} POSTs, {JOB_BATCH_SIZE} in flight, same receiver"),
+    ]
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(figure.line())
