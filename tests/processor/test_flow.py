@@ -1,0 +1,267 @@
+"""The processor's units of work on both storage backends: batches → deliveries → RQ, invalid
+triggers, confirmations, reorg corrections, refire, and chunk exclusion on a hypertable."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import orjson
+import redis
+from rq import Queue
+
+from core.db import connect
+from core.queue import QUEUE_NAME
+from processor.batches import LOAD_EVENTS
+from processor.refire import refire
+from tests.processor.conftest import Harness
+from tests.processor.helpers import (
+    GENESIS,
+    TOKEN,
+    Log,
+    add_trigger,
+    delivery_statuses,
+    insert_events,
+    reorg,
+    set_checkpoint,
+    transfer,
+    wallet,
+)
+
+WHALE = {"all": [{"field": "value", "op": "gte", "value": "1000"}]}
+
+
+def queued_ids(redis_url: str) -> list[int]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ids: list[int] = []
+        for job in Queue(QUEUE_NAME, connection=client).jobs:
+            ids += job.args[0]
+        return sorted(ids)
+    finally:
+        client.close()
+
+
+async def test_matching_events_become_queued_deliveries(db_url: str, redis_url: str,
+                                                        harness: Harness) -> None:
+    conn = await connect(db_url)
+    try:
+        whale, (whale_action,) = await add_trigger(conn, "whale", conditions=WHALE)
+        _, (any_action,) = await add_trigger(conn, "any-token-any-transfer", address=None)
+        await insert_events(conn, [transfer(10, 0, 5), transfer(10, 1, 5000),
+                                   transfer(11, 0, 1000, token=wallet(99))])
+        await harness.step()
+        rows = await conn.fetch("""SELECT d.id, action_id, e.block_number, e.log_index, status,
+                                          event_committed_at, queued_at
+                                   FROM deliveries d JOIN events e ON e.id = d.event_id
+                                   ORDER BY action_id, block_number, log_index""")
+        pairs = [(r["action_id"], r["block_number"], r["log_index"]) for r in rows]
+        assert pairs == [(whale_action, 10, 1), (any_action, 10, 0), (any_action, 10, 1),
+                         (any_action, 11, 0)]
+        assert {r["status"] for r in rows} == {"queued"}
+        assert all(r["queued_at"] >= r["event_committed_at"] for r in rows)
+        assert queued_ids(redis_url) == sorted(r["id"] for r in rows)
+        assert await conn.fetchval("SELECT count(*) FROM event_batches WHERE processed_at IS NULL") == 0
+        # Re-running finds nothing new: no duplicate rows, no duplicate jobs.
+        await conn.execute("UPDATE event_batches SET processed_at = NULL")
+        await harness.step()
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 4
+        assert len(queued_ids(redis_url)) == 4
+        assert whale
+    finally:
+        await conn.close()
+
+
+async def test_log_with_another_layout_is_a_counted_non_match(db_url: str, redis_url: str,
+                                                              harness: Harness) -> None:
+    conn = await connect(db_url)
+    try:
+        await add_trigger(conn, "erc20-transfers")
+        # ERC721 Transfer: same topic0, three indexed topics and no data.
+        nft = transfer(5, 0, 0)
+        nft = Log(5, 0, TOKEN, (*nft.topics, "0x" + f"{7:064x}"), "0x")
+        await insert_events(conn, [nft, transfer(5, 1, 1)])
+        await harness.step()
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1
+    finally:
+        await conn.close()
+
+
+async def test_invalid_triggers_are_recorded_and_valid_ones_keep_firing(
+        db_url: str, redis_url: str, harness: Harness) -> None:
+    conn = await connect(db_url)
+    try:
+        invalid = {
+            "bad-signature": dict(signature="Transfer(address indexed from, uint257 value)"),
+            "unknown-operator": dict(conditions={"field": "value", "op": "like", "value": "1"}),
+            "malformed-shape": dict(conditions={"all": {"field": "value", "op": "eq"}}),
+            "ftp-url": dict(configs=[{"url": "ftp://example.com/hook"}]),
+            "not-a-number": dict(conditions={"field": "value", "op": "gt", "value": "lots"}),
+            "bad-secret": dict(configs=[{"url": "https://example.com", "secret": "whsec_!!"}]),
+        }
+        ids = {name: (await add_trigger(conn, name, **kwargs))[0] for name, kwargs in invalid.items()}
+        await add_trigger(conn, "valid", conditions=WHALE)
+        await insert_events(conn, [transfer(1, 0, 10_000)])
+        await harness.step()
+        errors = {r["name"]: r["error"] for r in await conn.fetch("SELECT name, error FROM triggers")}
+        assert errors["valid"] is None
+        assert "uint257" in errors["bad-signature"]
+        assert "unknown operator 'like'" in errors["unknown-operator"]
+        assert "'all' takes a list" in errors["malformed-shape"]
+        assert "action" in errors["ftp-url"] and "ftp" in errors["ftp-url"]
+        assert "'lots' is not an integer" in errors["not-a-number"]
+        assert "base64" in errors["bad-secret"]
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1
+        # Writing the reason again is skipped (no churn); fixing the trigger clears it.
+        before = await conn.fetchval("SELECT updated_at FROM triggers WHERE id = $1",
+                                     ids["ftp-url"])
+        await harness.step()
+        assert await conn.fetchval("SELECT updated_at FROM triggers WHERE id = $1",
+                                   ids["ftp-url"]) == before
+        await conn.execute("UPDATE actions SET config = $2 WHERE trigger_id = $1",
+                           ids["ftp-url"], {"url": "https://example.com/hook"})
+        await insert_events(conn, [transfer(2, 0, 1)])
+        await harness.step()
+        assert await conn.fetchval("SELECT error FROM triggers WHERE id = $1", ids["ftp-url"]) is None
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE trigger_id = $1",
+                                   ids["ftp-url"]) == 1
+    finally:
+        await conn.close()
+
+
+async def test_confirmations_wait_and_a_reorg_during_the_wait_prevents_the_fire(
+        db_url: str, redis_url: str, harness: Harness) -> None:
+    conn = await connect(db_url)
+    try:
+        trigger_id, _ = await add_trigger(conn, "deep", confirmations=3)
+        await set_checkpoint(conn, 10)
+        await insert_events(conn, [transfer(10, 0, 1), transfer(11, 0, 2)])
+        await harness.step()
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 0
+        assert await conn.fetchval("SELECT count(*) FROM deferred_matches") == 2
+        for head in (11, 12):
+            await set_checkpoint(conn, head)
+            await harness.step(reload=False)
+            assert await conn.fetchval("SELECT count(*) FROM deliveries") == 0, head
+        # Block 11 is reorged away before it is deep enough; block 10 is not.
+        await reorg(conn, common_ancestor=10)
+        await set_checkpoint(conn, 13)
+        await harness.step(reload=False)
+        fired = await conn.fetch("""SELECT e.block_number, d.status FROM deliveries d
+                                    JOIN events e ON e.id = d.event_id""")
+        assert [(r["block_number"], r["status"]) for r in fired] == [(10, "queued")]
+        await set_checkpoint(conn, 20)
+        await harness.step(reload=False)
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1
+        assert await conn.fetchval("SELECT count(*) FROM deferred_matches") == 0
+        # Historic events already deep enough fire at once.
+        await insert_events(conn, [transfer(3, 0, 1)])
+        await harness.step(reload=False)
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE trigger_id = $1",
+                                   trigger_id) == 2
+    finally:
+        await conn.close()
+
+
+async def test_reorg_cancels_open_deliveries_and_sends_one_removed_for_delivered(
+        db_url: str, redis_url: str, harness: Harness) -> None:
+    conn = await connect(db_url)
+    try:
+        await add_trigger(conn, "all")
+        await insert_events(conn, [transfer(20, 0, 1), transfer(21, 0, 1), transfer(22, 0, 1)])
+        await harness.step()
+        by_block = {r["block_number"]: r["id"] for r in await conn.fetch(
+            "SELECT d.id, e.block_number FROM deliveries d JOIN events e ON e.id = d.event_id")}
+        await conn.execute("UPDATE deliveries SET status = 'delivered' WHERE id = $1", by_block[21])
+        await reorg(conn, common_ancestor=20)
+        for _ in range(2):  # a second pass (sweep safety net) changes nothing
+            await harness.step()
+        rows = await conn.fetch("""SELECT e.block_number, d.kind, d.status FROM deliveries d
+                                   JOIN events e ON e.id = d.event_id
+                                   ORDER BY e.block_number, d.kind""")
+        assert [(r["block_number"], r["kind"], r["status"]) for r in rows] == [
+            (20, "matched", "queued"), (21, "matched", "delivered"), (21, "removed", "queued"),
+            (22, "matched", "cancelled")]
+        assert await conn.fetchval("SELECT count(*) FROM reorgs WHERE corrected_at IS NULL") == 0
+        removed_id = await conn.fetchval("SELECT id FROM deliveries WHERE kind = 'removed'")
+        assert removed_id in queued_ids(redis_url)
+    finally:
+        await conn.close()
+
+
+async def test_refire_fires_only_pairs_never_delivered(db_url: str, redis_url: str,
+                                                       harness: Harness) -> None:
+    conn = await connect(db_url)
+    try:
+        await add_trigger(conn, "old", conditions=WHALE)
+        await set_checkpoint(conn, 40)
+        await insert_events(conn, [transfer(n, 0, 10 ** n) for n in range(30, 36)])
+        await harness.step()
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 6
+        new_id, _ = await add_trigger(conn, "new", conditions=WHALE)
+        deep_id, _ = await add_trigger(conn, "deep", confirmations=8)
+        dry = await refire(conn, chain_id=31337, from_block=30, to_block=35, dry_run=True)
+        assert {t.name: t.deliveries for t in dry.per_trigger.values()} == {"new": 6, "deep": 6}
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 6
+        report = await refire(conn, chain_id=31337, from_block=30, to_block=35, dry_run=False,
+                              redis_client=harness.processor.redis, pool=harness.processor.pool)
+        assert report.deliveries == 12 and report.events == 6
+        # Deep enough (block + 8 <= 40): 30, 31, 32 fire now; 33..35 wait for confirmations.
+        fired = await conn.fetch("""SELECT e.block_number, d.replay FROM deliveries d
+                                    JOIN events e ON e.id = d.event_id WHERE d.trigger_id = $1
+                                    ORDER BY 1""", deep_id)
+        assert [(r["block_number"], r["replay"]) for r in fired] == [(30, True), (31, True),
+                                                                    (32, True)]
+        assert await conn.fetchval("SELECT count(*) FROM deferred_matches WHERE replay") == 3
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE trigger_id = $1",
+                                   new_id) == 6
+        again = await refire(conn, chain_id=31337, from_block=30, to_block=35, dry_run=False)
+        assert again.deliveries == 0 and not again.delivery_ids
+        await set_checkpoint(conn, 43)
+        await harness.step(reload=False)
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE trigger_id = $1 AND replay",
+                                   deep_id) == 6
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'pending'") == 0
+    finally:
+        await conn.close()
+
+
+async def test_batch_query_touches_only_the_batch_chunks(db_url: str, redis_url: str,
+                                                         harness: Harness) -> None:
+    """On a hypertable with many chunks, loading a batch scans only the chunks it touched."""
+    conn = await connect(db_url)
+    try:
+        # 120 days of history in daily chunks (one statement each: 120 batches), then a batch.
+        for day in range(120):
+            await insert_events(conn, [transfer(day * 7200 + 1, i, i, block_time=GENESIS + timedelta(
+                days=day, seconds=i)) for i in range(3)])
+        await conn.execute("UPDATE event_batches SET processed_at = now()")
+        await insert_events(conn, [transfer(10 ** 6, 0, 1, block_time=GENESIS + timedelta(days=130))])
+        batch = await conn.fetchrow("SELECT * FROM event_batches WHERE processed_at IS NULL")
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + LOAD_EVENTS, 31337, batch["first_id"], batch["last_id"],
+            batch["min_block_time"], batch["max_block_time"])
+        plan = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
+        relations = set()
+
+        def walk(node: dict[str, object]) -> None:
+            if "Relation Name" in node:
+                relations.add(node["Relation Name"])
+            for child in node.get("Plans", []):  # type: ignore[union-attr]
+                walk(child)  # type: ignore[arg-type]
+        walk(plan[0]["Plan"])
+        storage = await conn.fetchval(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
+        if storage:
+            chunks = await conn.fetchval("SELECT count(*) FROM timescaledb_information.chunks "
+                                         "WHERE hypertable_name = 'events'")
+            assert chunks >= 121
+            assert len(relations) == 1 and next(iter(relations)).startswith("_hyper_"), \
+                json.dumps(plan)[:2000]
+        else:
+            assert relations == {"events"}
+        await harness.step()
+        assert await conn.fetchval("SELECT count(*) FROM event_batches WHERE processed_at IS NULL") == 0
+        assert await delivery_statuses(conn) == {}
+    finally:
+        await conn.close()
