@@ -1,0 +1,257 @@
+"""The library half of ``scripts/replay.py``: re-ingest ``[from_block, to_block]`` from the chain.
+
+Same code path as the indexer: ranges come from :class:`ingest.fetch.RangeFetcher` (adaptive
+ranges, retries with backoff, ``Retry-After``, by-hash fallback, every log checked against its
+header's hash) and are written with :mod:`ingest.store` (COPY to staging, ``INSERT … ON CONFLICT
+DO NOTHING``). Per range, in one transaction:
+
+- stored events of blocks whose hash differs from the canonical block at that height are treated
+  as a reorg: invalidated (``invalidated = true, invalidated_at = now()``) and recorded in a
+  ``reorgs`` row (which NOTIFYs the processor, so sent webhooks get their ``event.removed``);
+- canonical logs not stored yet are inserted (already-stored ones change nothing and fire
+  nothing: the statement-level trigger only sees inserted rows);
+- the checkpoint never moves backwards. It moves forward to the range's end only when the range
+  contains the checkpoint block, or starts right above it with a matching ``parentHash``
+  (contiguous); a checkpoint whose block turned out non-canonical is replaced by the canonical
+  block of the range's end. Without a checkpoint none is created (the indexer decides where it
+  starts). ``blocks`` rows are written only where the indexer keeps them (its window).
+
+**Writer lock.** Replay takes the chain's writer lock (``core.db.writer_lock_key``) on its
+writing connection and *waits* while the live indexer holds it, reporting the holder's pid
+through ``on_wait`` every time it re-checks: stop the indexer (``SIGTERM``; it commits its current
+range and exits) and replay proceeds; start the indexer again afterwards. A dry run takes no
+lock and writes nothing.
+
+**Resuming.** Each range commits on its own and everything is idempotent, so after Ctrl-C
+(``stop`` set: the current range commits, then :func:`replay` returns) running the same command
+again is correct; ``ReplayResult.last_block`` tells where to resume from to skip work.
+
+**block_time bounds.** The divergence query is bounded by the canonical range's timestamps
+widened by :data:`FORK_TIME_SLACK`: a block of a fork at height ``n`` carries a timestamp close to
+the canonical block at ``n`` (both descend from a common ancestor and advance by the chain's
+block time), far inside a day, so no stored event of the range is hidden while TimescaleDB
+skips the chunks outside it. The count of logs already stored (dry run) uses the exact canonical
+timestamps: a canonical log, if stored, carries its canonical block's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncpg
+import structlog
+
+from core.db import connect
+from core.errors import ChainMismatch
+from core.settings import IngestSettings
+from ingest.fetch import Batch, RangeFetcher, retry_rpc
+from ingest.metrics import IngestMetrics
+from ingest.poller import BLOCKS_MARGIN
+from ingest.ranges import RangeSizer
+from ingest.rpc import ChainSource
+from ingest.store import (
+    Checkpoint,
+    block_time,
+    event_records,
+    insert_events,
+    load_checkpoint,
+    prepare_connection,
+    save_checkpoint,
+    try_writer_lock,
+    upsert_blocks,
+    writer_lock_holder,
+)
+
+log = structlog.get_logger(__name__)
+
+FORK_TIME_SLACK = timedelta(days=1)
+LOCK_RETRY_SECONDS = 1.0
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(blocks_done, blocks_total)`` after each range."""
+
+WaitCallback = Callable[[int | None], None]
+"""``on_wait(holder_pid)`` while the writer lock is held by someone else."""
+
+
+@dataclass
+class ReplayResult:
+    """What a replay changed (or, with ``dry_run``, would change)."""
+
+    chain_id: int
+    from_block: int
+    to_block: int
+    dry_run: bool
+    blocks: int = 0
+    logs_added: int = 0
+    events_invalidated: int = 0
+    divergent_blocks: list[int] = field(default_factory=list)
+    checkpoint: int | None = None
+    last_block: int | None = None  # the last block fully replayed (resume from last_block + 1)
+    interrupted: bool = False
+
+
+async def replay(settings: IngestSettings, source: ChainSource, *, from_block: int,
+                 to_block: int | None = None, dry_run: bool = False,
+                 progress: ProgressCallback | None = None, on_wait: WaitCallback | None = None,
+                 stop: asyncio.Event | None = None) -> ReplayResult:
+    """Re-ingest ``[from_block, to_block]`` (default: up to head − ``CONFIRMATIONS``).
+
+    Raises ``ChainMismatch`` when ``CHAIN_ID`` disagrees with the node, ``ConfigError`` when the
+    database is unreachable, ``ValueError`` for an empty range. RPC faults are retried."""
+    stop = stop or asyncio.Event()
+    chain_id = await retry_rpc("eth_chainId", source.chain_id)
+    if settings.chain_id is not None and settings.chain_id != chain_id:
+        raise ChainMismatch(f"CHAIN_ID={settings.chain_id} but the node at {settings.rpc_url} "
+                            f"reports chain {chain_id}")
+    if to_block is None:
+        to_block = await retry_rpc("eth_blockNumber", source.head) - settings.confirmations
+    if from_block < 0 or to_block < from_block:
+        raise ValueError(f"empty block range {from_block}..{to_block}")
+    result = ReplayResult(chain_id, from_block, to_block, dry_run)
+    conn = await connect(settings.database_url)
+    try:
+        await prepare_connection(conn)
+        if not dry_run:
+            await _take_writer_lock(conn, chain_id, on_wait, stop)
+        if stop.is_set():
+            result.interrupted = True
+            return result
+        await _replay_ranges(conn, settings, source, result, progress, stop)
+    finally:
+        await conn.close()  # also releases the writer lock
+    log.info("replayed", chain_id=chain_id, from_block=from_block, to_block=to_block,
+             dry_run=dry_run, logs_added=result.logs_added,
+             events_invalidated=result.events_invalidated, interrupted=result.interrupted,
+             last_block=result.last_block)
+    return result
+
+
+async def _take_writer_lock(conn: asyncpg.Connection, chain_id: int, on_wait: WaitCallback | None,
+                            stop: asyncio.Event) -> None:
+    while not await try_writer_lock(conn, chain_id):
+        holder = await writer_lock_holder(conn, chain_id)
+        log.info("waiting for the writer lock: an indexer for this chain is running; stop it "
+                 "and replay proceeds", chain_id=chain_id, holder_pid=holder)
+        if on_wait is not None:
+            on_wait(holder)
+        try:
+            await asyncio.wait_for(stop.wait(), LOCK_RETRY_SECONDS)
+            return
+        except TimeoutError:
+            continue
+
+
+async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, source: ChainSource,
+                         result: ReplayResult, progress: ProgressCallback | None,
+                         stop: asyncio.Event) -> None:
+    fetcher = RangeFetcher(source, RangeSizer(settings.max_block_range),
+                           addresses=settings.address_filter, metrics=IngestMetrics(registry=None),
+                           chain_id=result.chain_id)
+    keep_blocks = settings.reorg_window + BLOCKS_MARGIN
+    total = result.to_block - result.from_block + 1
+    first = result.from_block
+    previous: Batch | None = None
+    while first <= result.to_block:
+        if stop.is_set():
+            result.interrupted = True
+            return
+        batch = await fetcher.fetch(first, result.to_block)
+        if previous is not None and batch.headers[0].parent_hash != previous.headers[-1].hash:
+            # The node moved between two ranges: replay the previous one again; its divergence
+            # check invalidates whatever we stored from the abandoned branch.
+            log.info("node moved during replay; replaying the previous range again",
+                     chain_id=result.chain_id, first=previous.first)
+            first, previous = previous.first, None
+            continue
+        if result.dry_run:
+            await _plan_range(conn, result, batch)
+        else:
+            async with conn.transaction():
+                await _write_range(conn, result, batch, keep_blocks)
+        result.blocks = batch.last - result.from_block + 1
+        result.last_block = batch.last
+        if progress is not None:
+            progress(result.blocks, total)
+        previous, first = batch, batch.last + 1
+
+
+async def _divergent(conn: asyncpg.Connection, chain_id: int, batch: Batch) -> dict[int, list[str]]:
+    """Stored valid events' block hashes that are not the canonical hash at their height."""
+    canonical = {h.number: h.hash for h in batch.headers}
+    rows = await conn.fetch(
+        """SELECT DISTINCT block_number, block_hash FROM events
+           WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+             AND block_time BETWEEN $4 AND $5 AND NOT invalidated""",
+        chain_id, batch.first, batch.last, block_time(batch.headers[0]) - FORK_TIME_SLACK,
+        block_time(batch.headers[-1]) + FORK_TIME_SLACK)
+    divergent: dict[int, list[str]] = {}
+    for row in rows:
+        if canonical[row["block_number"]] != row["block_hash"]:
+            divergent.setdefault(row["block_number"], []).append(row["block_hash"])
+    return divergent
+
+
+async def _plan_range(conn: asyncpg.Connection, result: ReplayResult, batch: Batch) -> None:
+    divergent = await _divergent(conn, result.chain_id, batch)
+    if divergent:
+        pairs = [(n, h) for n, hashes in divergent.items() for h in hashes]
+        result.events_invalidated += await conn.fetchval(
+            """SELECT count(*) FROM events WHERE chain_id = $1
+                 AND (block_number, block_hash) IN (SELECT * FROM unnest($2::bigint[], $3::text[]))
+                 AND block_time BETWEEN $4 AND $5 AND NOT invalidated""",
+            result.chain_id, [p[0] for p in pairs], [p[1] for p in pairs],
+            block_time(batch.headers[0]) - FORK_TIME_SLACK,
+            block_time(batch.headers[-1]) + FORK_TIME_SLACK)
+        result.divergent_blocks.extend(sorted(divergent))
+    stored = await conn.fetch(
+        """SELECT block_hash, log_index FROM events WHERE chain_id = $1
+             AND block_number BETWEEN $2 AND $3 AND block_time BETWEEN $4 AND $5""",
+        result.chain_id, batch.first, batch.last, block_time(batch.headers[0]),
+        block_time(batch.headers[-1]))
+    have = {(r["block_hash"], r["log_index"]) for r in stored}
+    result.logs_added += sum((entry.block_hash, entry.log_index) not in have for entry in batch.logs)
+
+
+async def _write_range(conn: asyncpg.Connection, result: ReplayResult, batch: Batch,
+                       keep_blocks: int) -> None:
+    chain_id = result.chain_id
+    divergent = await _divergent(conn, chain_id, batch)
+    if divergent:
+        pairs = [(n, h) for n, hashes in divergent.items() for h in hashes]
+        status = await conn.execute(
+            """UPDATE events SET invalidated = true, invalidated_at = now() WHERE chain_id = $1
+                 AND (block_number, block_hash) IN (SELECT * FROM unnest($2::bigint[], $3::text[]))
+                 AND block_time BETWEEN $4 AND $5 AND NOT invalidated""",
+            chain_id, [p[0] for p in pairs], [p[1] for p in pairs],
+            block_time(batch.headers[0]) - FORK_TIME_SLACK,
+            block_time(batch.headers[-1]) + FORK_TIME_SLACK)
+        invalidated = int(status.rsplit(" ", 1)[1])
+        lowest, highest = min(divergent), max(divergent)
+        canonical = {h.number: h.hash for h in batch.headers}
+        await conn.execute(
+            """INSERT INTO reorgs (chain_id, depth, common_ancestor, old_head_hash, new_head_hash,
+                                   events_invalidated) VALUES ($1, $2, $3, $4, $5, $6)""",
+            chain_id, highest - lowest + 1, lowest - 1, divergent[highest][0], canonical[highest],
+            invalidated)
+        result.events_invalidated += invalidated
+        result.divergent_blocks.extend(sorted(divergent))
+        log.warning("replay found divergent blocks", chain_id=chain_id, blocks=sorted(divergent),
+                    events_invalidated=invalidated)
+    result.logs_added += await insert_events(conn, event_records(chain_id, batch.headers, batch.logs))
+
+    checkpoint = await load_checkpoint(conn, chain_id)
+    if checkpoint is None:
+        return
+    contiguous = batch.first <= checkpoint.number <= batch.last or (
+        batch.first == checkpoint.number + 1 and batch.headers[0].parent_hash == checkpoint.hash)
+    if contiguous:
+        checkpoint = Checkpoint(batch.last, batch.headers[-1].hash)
+        await save_checkpoint(conn, chain_id, checkpoint)
+        result.checkpoint = checkpoint.number
+    # Only where the indexer keeps blocks rows (its re-checked window and margin).
+    await upsert_blocks(conn, chain_id, [h for h in batch.headers
+                                         if checkpoint.number - keep_blocks < h.number <= checkpoint.number])
