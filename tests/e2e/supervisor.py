@@ -66,26 +66,39 @@ class Service:
                 start_new_session=True)
 
     def kill(self) -> None:
-        """``kill -9``: no cleanup, no goodbye; its database sessions die with it."""
+        """``kill -9`` of the whole service — its process group, so helpers it forked (RQ's
+        scheduler) die with it, as in a container kill: no cleanup, no goodbye; its database
+        sessions and locks die with it."""
         if self.process is None or not self.alive:
             return
-        self.process.send_signal(signal.SIGKILL)
+        self._signal_group(signal.SIGKILL)
         self.process.wait(10)
         self.kills += 1
         self._reap()
 
-    def terminate(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait for the clean exit; SIGKILL after ``timeout``. Returns the code."""
+    def _signal_group(self, signum: int) -> None:
+        assert self.process is not None
+        try:
+            # The group id is the service's pid (``start_new_session``): only its own processes.
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self, timeout: float = 15.0, *, signalled: bool = False) -> int | None:
+        """SIGTERM (once: a second one may mean "stop now" to a service) and wait for the clean
+        exit; SIGKILL after ``timeout``. Returns the exit code."""
         if self.process is None:
             return None
         if self.alive:
-            self.process.send_signal(signal.SIGTERM)
+            if not signalled:
+                self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
         code = self.process.returncode
+        self._signal_group(signal.SIGKILL)  # leftovers of a clean exit (none expected)
         self._reap()
         return code
 
@@ -155,7 +168,7 @@ class Supervisor:
         for service in running:
             assert service.process is not None
             service.process.send_signal(signal.SIGTERM)
-        return {service.name: service.terminate() for service in running}
+        return {service.name: service.terminate(signalled=True) for service in running}
 
     def kill_all(self) -> None:
         for service in self.services.values():

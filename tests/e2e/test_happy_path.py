@@ -73,7 +73,7 @@ def test_happy_path_exact_webhooks_with_web3_payloads(
     per_trigger = {name: sum(h.name == hook.name for _, h in expected.values())
                    for name, hook in hooks.items()}
     # The stream was built to exercise both sides of every condition.
-    assert per_trigger == {"Transfer": 3, "Swap": 2, "Sync": 5}, per_trigger
+    assert per_trigger == {"Transfer": 4, "Swap": 2, "Sync": 5}, per_trigger
 
     wait_ingested(store, logs, head=head, timeout=30, supervisor=pipeline.services)
     assert_stored_exactly_once(store, logs)
