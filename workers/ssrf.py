@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from functools import lru_cache
 from typing import Final
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -95,10 +96,12 @@ def check_address(host: str, *, allow_private: bool, name: str | None = None) ->
                               f"{ALLOW_HINT}")
 
 
+@lru_cache(maxsize=4096)
 def check_url(url: str, *, allow_private: bool) -> URL:
     """Parse and vet a webhook URL before an attempt: scheme http/https, a host, and an allowed
     address when the host is an IP literal (hostnames are vetted by :class:`GuardedResolver`).
-    Returns the parsed URL; raises ``TargetForbidden``."""
+    Returns the parsed URL; raises ``TargetForbidden``. Cached: the answer depends only on the
+    arguments (hostnames are re-vetted at every connection by the resolver)."""
     try:
         parsed = URL(url)
     except (TypeError, ValueError):

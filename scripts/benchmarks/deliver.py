@@ -12,8 +12,8 @@ concurrency as one worker batch, a body of the same size) — the rate at which 
 POST to that receiver at all. The ratio is the price of the record (row locks, outcomes,
 signatures, RQ).
 
-Redis: ``REDIS_URL``'s server, db index ``BENCH_REDIS_DB`` (default 15), flushed first.
-Postgres: ``DATABASE_URL``/``TEST_DATABASE_URL``'s server (default the local one). The
+Redis: a redis-server of the benchmark's own (``tests.e2e.redis_server``), so that nobody
+else's workers or flushes share its queue. Postgres: ``DATABASE_URL``/``TEST_DATABASE_URL``'s server (default the local one). The
 ``--backend`` choice is ignored: deliveries read one event per row by id, which does not depend
 on the storage path.
 """
@@ -25,9 +25,9 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
@@ -36,6 +36,7 @@ from psycopg.types.json import Jsonb
 
 from core.queue import JOB_BATCH_SIZE, enqueue_deliveries
 from scripts.benchmarks.report import Figure
+from tests.e2e.redis_server import RedisServer
 from tests.support import databases
 from tests.support.receiver import Receiver
 
@@ -53,12 +54,6 @@ def _server_url() -> str:
     url = (os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
            or "postgresql://postgres@127.0.0.1:5432/postgres")
     return url.replace("postgres://", "postgresql://", 1)
-
-
-def _redis_url() -> str:
-    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    index = os.environ.get("BENCH_REDIS_DB", "15")
-    return urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, ""))
 
 
 def _seed(db_url: str, hook_url: str, secret: str) -> list[int]:
@@ -117,9 +112,11 @@ async def _raw_posts(url: str, body: bytes, total: int, concurrency: int) -> flo
 
 def run(backend: str = "plain") -> list[Figure]:
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-    redis_url = _redis_url()
+    redis_log = Path(tempfile.mkstemp(prefix="bh-bench-redis-", suffix=".log")[1])
+    redis_server = RedisServer(log_path=redis_log)
+    redis_server.start()
+    redis_url = redis_server.url
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
     db_url = databases.create_database(_server_url(), prefix="bh_bench")
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -157,8 +154,9 @@ def run(backend: str = "plain") -> list[Figure]:
                 worker.kill()
                 worker.wait()
         databases.drop_database(db_url)
-        client.flushdb()
         client.close()
+        redis_server.stop()
+        redis_log.unlink(missing_ok=True)
     rate = len(ids) / wall
     steady = len(ids) / span if span else rate
     return [
