@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = DeliveryWorker([delivery_queue(redis_client)], connection=redis_client)
     log.info("worker starting", burst=args.burst, batch_size=settings.worker_batch_size,
              allow_private=settings.webhook_allow_private)
+    # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.
+    rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     try:
-        worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level)
+        worker.work(burst=args.burst, with_scheduler=True, logging_level=rq_level)
     finally:
         runtime.close()
     log.info("worker stopped")

@@ -158,3 +158,25 @@ def test_invalid_settings_exit_2_with_one_line(plain_db_url: str, redis_url: str
     assert result.returncode == 2
     assert "WEBHOOK_RETRY_SCHEDULE" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_metrics_are_served(plain_db_url: str, redis_url: str, receiver: Receiver, secret: str,
+                            spawn: type[WorkerProcess]) -> None:
+    import httpx
+
+    from tests.support.ports import free_port
+
+    port = free_port()
+    [delivery_id] = rows.webhook_setup(plain_db_url, hook_url=receiver.url, secret=secret)
+    client = redis.Redis.from_url(redis_url)
+    rows.enqueue(client, [delivery_id])
+    spawn(env={"METRICS_PORT": str(port)})
+    _wait(lambda: rows.delivery(plain_db_url, delivery_id)["status"] == "delivered")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in ('blockhook_workers_attempts_total{outcome="delivered"} 1.0',
+                 "blockhook_workers_delivery_latency_seconds_count 1.0",
+                 "blockhook_workers_endpoint_response_seconds_count 1.0",
+                 "blockhook_workers_retries_scheduled_total 0.0",
+                 "blockhook_workers_failed_total 0.0"):
+        assert line in text, line
+    client.close()
