@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psycopg
 import redis
 from psycopg.types.json import Jsonb
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DELIVERIES = 10_000
 WORKERS = 2
 BASELINE_POSTS = 10_000
+HTTPX_POSTS = 3_000
 BAR = 1_000.0
 GOAL = 2_500.0
 TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
@@ -110,6 +112,25 @@ async def _raw_posts(url: str, body: bytes, total: int, concurrency: int) -> flo
         return total / (time.perf_counter() - started)
 
 
+async def _httpx_posts(url: str, body: bytes, total: int, concurrency: int) -> float:
+    """The same loop with httpx's async client: the library comparison behind the choice."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits) as client:
+        remaining = total
+
+        async def one() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                reply = await client.post(url, content=body,
+                                          headers={"content-type": "application/json"})
+                assert reply.status_code == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
 def run(backend: str = "plain") -> list[Figure]:
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     redis_log = Path(tempfile.mkstemp(prefix="bh-bench-redis-", suffix=".log")[1])
@@ -125,6 +146,7 @@ def run(backend: str = "plain") -> list[Figure]:
             ids = _seed(db_url, receiver.url, secret)
             body = b'{"type":"event.matched","delivery_id":1,' + b"x" * 520 + b"}"
             baseline = asyncio.run(_raw_posts(receiver.url, body, BASELINE_POSTS, JOB_BATCH_SIZE))
+            httpx_rate = asyncio.run(_httpx_posts(receiver.url, body, HTTPX_POSTS, JOB_BATCH_SIZE))
             receiver.reset()
 
             enqueue_deliveries(client, ids)
@@ -167,6 +189,8 @@ def run(backend: str = "plain") -> list[Figure]:
                note="excludes interpreter start-up"),
         Figure("deliver: raw aiohttp keep-alive POST loop", baseline, "POST/s",
                note=f"{BASELINE_POSTS} POSTs, {JOB_BATCH_SIZE} in flight, same receiver"),
+        Figure("deliver: raw httpx async POST loop", httpx_rate, "POST/s", baseline=baseline,
+               note=f"{HTTPX_POSTS} POSTs, {JOB_BATCH_SIZE} in flight (why aiohttp)"),
     ]
 
 
