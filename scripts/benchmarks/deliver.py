@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,7 @@ def run(backend: str = "plain") -> list[Figure]:
             receiver.reset()
 
             enqueue_deliveries(client, ids)
+            cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
                    "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING", "METRICS_PORT": "0"}
             started = time.perf_counter()
@@ -168,6 +170,9 @@ def run(backend: str = "plain") -> list[Figure]:
             wall = time.perf_counter() - started
             for worker in workers:
                 worker.wait(60)
+            cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            worker_cpu = (cpu_after.ru_utime - cpu_before.ru_utime
+                          + cpu_after.ru_stime - cpu_before.ru_stime)
             _, span = _delivered(db_url)
             posts = receiver.count()
     finally:
@@ -187,6 +192,9 @@ def run(backend: str = "plain") -> list[Figure]:
                              f"goal >= {GOAL:,.0f}; receiver saw {posts} POSTs"),
         Figure("deliver: deliveries/s (first to last 2xx)", steady, "dlv/s", baseline=baseline,
                note="excludes interpreter start-up"),
+        Figure("deliver: worker CPU per delivery", worker_cpu / len(ids) * 1e6, "µs",
+               higher_is_better=False,
+               note="user+sys of both worker processes incl. start-up; load-independent"),
         Figure("deliver: raw aiohttp keep-alive POST loop", baseline, "POST/s",
                note=f"{BASELINE_POSTS} POSTs, {JOB_BATCH_SIZE} in flight, same receiver"),
         Figure("deliver: raw httpx async POST loop", httpx_rate, "POST/s", baseline=baseline,
