@@ -79,9 +79,11 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
                 break  # the rest stay unprocessed and are unlocked at commit
             selected.append(batch)
             total += batch["row_count"]
-        chains = sorted({batch["chain_id"] for batch in selected})
-        checkpoints = {row["chain_id"]: row["block_number"]
-                       for row in await conn.fetch(_CHECKPOINTS, chains)}
+        checkpoints: dict[int, int] = {}
+        if registry.needs_checkpoints:
+            chains = sorted({batch["chain_id"] for batch in selected})
+            checkpoints = {row["chain_id"]: row["block_number"]
+                           for row in await conn.fetch(_CHECKPOINTS, chains)}
         for batch in selected:
             chain_id = batch["chain_id"]
             evaluation = Evaluation()

@@ -126,7 +126,10 @@ async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
     for moment in committed_at:
         if moment is not None:
             metrics.ENQUEUE_LATENCY.observe(max(0.0, now - moment.timestamp()))
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        # pending → queued is only a hint for the sweep: losing it in a server crash means one
+        # duplicate job later, which workers absorb; so this commit need not wait for the flush.
+        await conn.execute("SET LOCAL synchronous_commit = off")
         await conn.execute(_MARK_QUEUED, list(delivery_ids))
     return True
 

@@ -147,6 +147,8 @@ class TriggerRegistry:
         self._exact = {key: tuple(value) for key, value in exact.items()}
         self._wildcard = {key: tuple(value) for key, value in wildcard.items()}
         self.by_id = {trigger.id: trigger for trigger in self.triggers}
+        # Only triggers with confirmations need the chain's checkpoint while evaluating.
+        self.needs_checkpoints = any(trigger.confirmations for trigger in self.triggers)
 
     def candidates(self, chain_id: int, address: str, topic0: str | None
                    ) -> tuple[CompiledTrigger, ...]:
