@@ -97,7 +97,10 @@ class Processor:
             log.info("triggers loaded", valid=len(self.registry.triggers),
                      invalid=len(self.registry.invalid))
         await self.drain(stop)
-        if sweep or reasons & {"checkpoints", "events", "retry"}:
+        # Deferred matches only exist for triggers with confirmations; without any, the sweep
+        # alone clears leftovers (e.g. of a trigger that was disabled).
+        if sweep or (self.registry.needs_checkpoints
+                     and reasons & {"checkpoints", "events", "retry"}):
             await self.ripen()
         if sweep or "reorgs" in reasons:
             async with self.pool.acquire() as conn:

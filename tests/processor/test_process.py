@@ -5,9 +5,11 @@ LISTEN connection is killed or the database is down are all processed; two proce
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from core.db import connect
 from core.queue import QUEUE_NAME
 from processor.listener import APPLICATION_NAME
 from tests.processor.helpers import (
+    ROOT,
     ProcessorProcess,
     add_trigger,
     delivery_statuses,
@@ -242,3 +245,22 @@ async def test_redis_down_keeps_deliveries_pending_until_it_is_back(
         assert process.stop() == 0, process.output()
         server.stop()
     assert "redis unavailable, deliveries stay pending" in process.output()
+
+
+def test_unreachable_database_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "processor"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/x",
+             "REDIS_URL": "redis://127.0.0.1:1/0", "METRICS_PORT": "0"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "processor: cannot connect to the database"), result.stderr
+
+
+def test_malformed_setting_exits_non_zero_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATABASE_URL": "mysql://nope", "METRICS_PORT": "0"})
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr and len(result.stderr.strip().splitlines()) == 1
