@@ -70,6 +70,12 @@ log = structlog.get_logger(__name__)
 FORK_TIME_SLACK = timedelta(days=1)
 LOCK_RETRY_SECONDS = 1.0
 
+# $1 chain, $2..$3 block numbers, $4..$5 block_time bound (canonical range ± FORK_TIME_SLACK).
+STORED_BLOCK_HASHES = """
+SELECT DISTINCT block_number, block_hash FROM events
+WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+  AND block_time BETWEEN $4 AND $5 AND NOT invalidated"""
+
 ProgressCallback = Callable[[int, int], None]
 """``progress(blocks_done, blocks_total)`` after each range."""
 
@@ -183,10 +189,7 @@ async def _divergent(conn: asyncpg.Connection, chain_id: int, batch: Batch) -> d
     """Stored valid events' block hashes that are not the canonical hash at their height."""
     canonical = {h.number: h.hash for h in batch.headers}
     rows = await conn.fetch(
-        """SELECT DISTINCT block_number, block_hash FROM events
-           WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
-             AND block_time BETWEEN $4 AND $5 AND NOT invalidated""",
-        chain_id, batch.first, batch.last, block_time(batch.headers[0]) - FORK_TIME_SLACK,
+        STORED_BLOCK_HASHES, chain_id, batch.first, batch.last, block_time(batch.headers[0]) - FORK_TIME_SLACK,
         block_time(batch.headers[-1]) + FORK_TIME_SLACK)
     divergent: dict[int, list[str]] = {}
     for row in rows:
