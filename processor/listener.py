@@ -41,6 +41,10 @@ class Wakeups:
         self._reasons.add(reason)
         self._event.set()
 
+    def pending(self, reason: str) -> bool:
+        """Whether ``reason`` was posted and not yet taken (lets long work yield early)."""
+        return reason in self._reasons
+
     async def take(self, wait_seconds: float) -> set[str]:
         """Wait up to ``wait_seconds`` for a reason; return (and clear) all posted ones."""
         if not self._reasons:

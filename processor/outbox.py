@@ -4,7 +4,8 @@ Rows are created ``pending`` in the same transaction as the work that decided th
 ripening, a reorg correction); after commit their ids are enqueued (``core.queue``) and the rows
 marked ``queued``. When Redis is down or the process dies in between, the rows stay ``pending``
 and :func:`sweep_outbox` enqueues them later; a ``queued`` row whose job was lost (Redis
-flushed) is re-enqueued once its ``next_attempt_at`` is more than ``STALE_QUEUED`` in the past.
+flushed) is re-enqueued once its ``next_attempt_at`` (and its last enqueue) is more than
+``STALE_QUEUED_SECONDS`` in the past and the delivery queue has no backlog.
 Duplicate jobs are harmless: workers lock each row for an attempt and skip final ones.
 """
 
@@ -19,7 +20,7 @@ import asyncpg
 import redis
 import structlog
 
-from core.queue import enqueue_deliveries
+from core.queue import delivery_queue, enqueue_deliveries
 from processor import metrics
 
 log = structlog.get_logger(__name__)
@@ -134,16 +135,33 @@ async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
     return True
 
 
+async def _queue_backlog(redis_client: redis.Redis) -> int | None:
+    """Jobs waiting in the delivery queue, or ``None`` when Redis is unreachable."""
+    try:
+        return int(await asyncio.to_thread(lambda: delivery_queue(redis_client).count))
+    except redis.RedisError:
+        return None
+
+
 async def sweep_outbox(pool: asyncpg.Pool, redis_client: redis.Redis, *,
                        pending_grace: float = PENDING_GRACE_SECONDS,
                        stale_queued: float = STALE_QUEUED_SECONDS,
                        limit: int = SWEEP_LIMIT) -> int:
     """Enqueue ``pending`` rows older than ``pending_grace`` and re-enqueue ``queued`` rows whose
     job must have been lost; return how many. Rows stay locked while Redis is written, so a
-    failure rolls back to the previous state and nothing is marked queued without a job."""
+    failure rolls back to the previous state and nothing is marked queued without a job.
+
+    A ``queued`` row is only presumed lost while the delivery queue is empty: with a backlog
+    (workers slower than the processor, or stopped) its job is most likely still waiting, and
+    re-enqueueing would only pile duplicates onto the backlog."""
+    backlog = await _queue_backlog(redis_client)
+    if backlog is None:
+        return 0  # nothing can be enqueued now; the rows wait, the next sweep retries
+    sweeps = [("pending", _CLAIM_PENDING, pending_grace)]
+    if backlog == 0:
+        sweeps.append(("lost", _CLAIM_STALE_QUEUED, stale_queued))
     total = 0
-    for reason, query, age in (("pending", _CLAIM_PENDING, pending_grace),
-                               ("lost", _CLAIM_STALE_QUEUED, stale_queued)):
+    for reason, query, age in sweeps:
         async with pool.acquire() as conn, conn.transaction():
             ids = [row["id"] for row in await conn.fetch(query, age, limit)]
             if not ids or not await push(redis_client, ids):

@@ -119,7 +119,9 @@ class Processor:
     async def drain(self, stop: asyncio.Event) -> int:
         """Process batches until none is left (or ``stop``); return the events processed."""
         events = 0
-        while not stop.is_set():
+        # A trigger change ends the drain early so a long backlog is evaluated with the new
+        # registry from the next claim on (the main loop reloads it first).
+        while not stop.is_set() and not self.wakeups.pending("triggers"):
             async with self.pool.acquire() as conn:
                 claim = await process_batches(conn, self.registry, max_events=self.batch_size)
             if not claim.batches:

@@ -265,3 +265,62 @@ async def test_batch_query_touches_only_the_batch_chunks(db_url: str, redis_url:
         assert await delivery_statuses(conn) == {}
     finally:
         await conn.close()
+
+
+async def test_concurrent_claims_never_take_the_same_batch(db_url: str, redis_url: str,
+                                                           harness: Harness) -> None:
+    """Row-level claiming: a batch held by one processor is skipped by another, not waited for
+    and not processed twice."""
+    conn, rival = await connect(db_url), await connect(db_url)
+    try:
+        await add_trigger(conn, "all")
+        for block in (1, 2, 3):
+            await insert_events(conn, [transfer(block, 0, 1)])
+        held = rival.transaction()
+        await held.start()
+        first = await rival.fetchval("SELECT id FROM event_batches ORDER BY id LIMIT 1 FOR UPDATE")
+        await harness.step()
+        rows = await conn.fetch("SELECT id, processed_at FROM event_batches ORDER BY id")
+        assert [(r["id"], r["processed_at"] is not None) for r in rows] == [
+            (first, False), (first + 1, True), (first + 2, True)]
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 2
+        await held.rollback()
+        await harness.step()
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 3
+        assert len(queued_ids(redis_url)) == 3
+    finally:
+        await conn.close()
+        await rival.close()
+
+
+async def test_sweep_enqueues_pending_rows_and_lost_jobs(db_url: str, redis_url: str,
+                                                         harness: Harness) -> None:
+    from processor.outbox import sweep_outbox
+
+    conn = await connect(db_url)
+    client = harness.processor.redis
+    try:
+        await add_trigger(conn, "all")
+        await insert_events(conn, [transfer(1, i, 1) for i in range(4)])
+        await harness.step()
+        ids = sorted(queued_ids(redis_url))
+        # Deliveries 1-2: left pending (crash before enqueue); 3-4: queued but Redis was flushed.
+        await conn.execute("UPDATE deliveries SET status = 'pending', created_at = now() - "
+                           "interval '1 minute' WHERE id = ANY($1::bigint[])", ids[:2])
+        await conn.execute("UPDATE deliveries SET next_attempt_at = now() - interval '2 minutes', "
+                           "queued_at = now() - interval '2 minutes' WHERE id = ANY($1::bigint[])",
+                           ids[2:])
+        client.flushdb()
+        # A backlog in the queue means jobs are probably just waiting: only pending rows go.
+        client.lpush("rq:queue:blockhook-deliveries", "someone-else")
+        assert await sweep_outbox(harness.processor.pool, client) == 2
+        assert queued_ids(redis_url) == ids[:2]
+        client.flushdb()
+        assert await sweep_outbox(harness.processor.pool, client) == 2
+        assert queued_ids(redis_url) == ids[2:]
+        assert await delivery_statuses(conn) == {"queued": 4}
+        # Just re-enqueued: not lost again until another minute has passed.
+        client.flushdb()
+        assert await sweep_outbox(harness.processor.pool, client) == 0
+    finally:
+        await conn.close()
