@@ -88,6 +88,10 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
         return _cancel(row, "event invalidated by a chain reorganisation before sending")
     try:
         action = parse_action(row["config"])
+    except EndpointRejected as error:  # its message never echoes the config's values
+        log.warning("delivery cannot be built", delivery_id=row["id"], reason=str(error))
+        return _fail(row, str(error), outcome="refused")
+    try:
         body = build_payload(delivery_id=row["id"], kind=row["kind"], replay=row["replay"],
                              trigger_id=row["trigger_id"], trigger_name=row["trigger_name"],
                              event_signature=row["event_signature"],
@@ -98,8 +102,9 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
         response = await client.post(action.url, body=body, headers=headers,
                                      timeout_seconds=action.timeout or policy.default_timeout)
     except EndpointRejected as error:
-        log.warning("delivery refused", delivery_id=row["id"], reason=str(error))
-        return _fail(row, str(error), outcome="refused")
+        reason = _scrub(str(error), action.secret, *action.headers.values())
+        log.warning("delivery refused", delivery_id=row["id"], reason=reason)
+        return _fail(row, reason, outcome="refused")
     except PermanentError as error:
         log.warning("delivery cannot be built", delivery_id=row["id"], reason=str(error))
         return _fail(row, str(error), outcome="refused")

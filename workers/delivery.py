@@ -99,6 +99,10 @@ class WebhookClient:
             raise EndpointUnavailable(f"connection error: {_describe(error)}") from None
         except TargetForbidden as error:
             raise EndpointRejected(str(error)) from None
+        except ValueError as error:
+            # aiohttp refuses requests it cannot build (an Authorization header together with
+            # credentials in the URL, a newline in a header value): a configuration error.
+            raise EndpointRejected(f"request cannot be sent: {error}") from None
         except OSError as error:
             raise EndpointUnavailable(f"connection error: {type(error).__name__}: "
                                       f"{error.strerror or error}") from None

@@ -110,6 +110,7 @@ def test_secrets_never_reach_logs_or_last_error(
         plain_db_url: str, redis_url: str, secret: str, spawn: type[WorkerProcess]) -> None:
     token = "Bearer tok_" + os.urandom(12).hex()
     key_part = secret.removeprefix("whsec_")
+    password = "pw" + os.urandom(8).hex()
     with Receiver(secret=secret) as receiver:
         # An endpoint that echoes what it got: its body becomes last_error's excerpt.
         receiver.script(Step(status=400, body=f"bad request, auth was {token}, secret {secret}"),
@@ -124,6 +125,15 @@ def test_secrets_never_reach_logs_or_last_error(
                 "secret": "whsec_!!" + key_part, "headers": {"Authorization": token}})
             ids.append(rows.insert_delivery(conn, action_id=action_id, trigger_id=trigger_id,
                                             event_id=rows.transfer_event(conn, log_index=99)))
+            # Credentials in the URL: with an Authorization header too (aiohttp refuses to
+            # build the request), and alone for an unreachable endpoint (connection errors).
+            for n, headers in enumerate(({"Authorization": token}, {})):
+                trigger_id = rows.insert_trigger(conn, name=f"creds-in-url-{n}")
+                action_id = rows.insert_action(conn, trigger_id, {
+                    "url": f"http://user:{password}@127.0.0.1:1/hook?token={password}",
+                    "secret": secret, "headers": headers})
+                ids.append(rows.insert_delivery(conn, action_id=action_id, trigger_id=trigger_id,
+                                                event_id=rows.transfer_event(conn, log_index=90 + n)))
         client = redis.Redis.from_url(redis_url)
         rows.enqueue(client, ids)
         worker = spawn(burst=True, env={"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
@@ -133,9 +143,15 @@ def test_secrets_never_reach_logs_or_last_error(
         assert "delivery rejected" in output or "delivery attempt failed" in output
         recorded = rows.deliveries(plain_db_url)
         assert {r["status"] for r in recorded} >= {"failed"}
-        assert recorded[-1]["last_error"].startswith("invalid webhook action config: secret")
+        assert recorded[-3]["last_error"].startswith("invalid webhook action config: secret")
+        assert (recorded[-2]["status"], recorded[-2]["last_error"]) == (
+            "failed", "request cannot be sent: Cannot combine AUTHORIZATION header with AUTH "
+                      "argument or credentials encoded in URL")
+        assert recorded[-1]["last_error"].startswith("connection error: cannot connect to "
+                                                     "127.0.0.1:1")
         for text in [output, *(r["last_error"] or "" for r in recorded)]:
             assert key_part not in text
+            assert password not in text
             assert token.split()[1] not in text
         client.close()
 
