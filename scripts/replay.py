@@ -49,7 +49,6 @@ from rich.progress import (  # noqa: E402
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table  # noqa: E402
@@ -290,17 +289,16 @@ class ReplayCommand:
 
 
 def render(summary: Summary, console: Console) -> None:
-    verb = "would" if summary.dry_run else ""
-    title = (f"replay of chain {summary.chain_id}, blocks {summary.from_block}..{summary.to_block}"
-             f"{' (dry run: nothing written)' if summary.dry_run else ''}"
-             f"{' — interrupted' if summary.interrupted else ''}")
-    table = Table(title=title, title_justify="left", show_header=False)
+    would = "that would be " if summary.dry_run else ""
+    console.print(f"[bold]replay of chain {summary.chain_id}, blocks {summary.from_block}.."
+                  f"{summary.to_block}[/]{' (dry run: nothing written)' if summary.dry_run else ''}"
+                  f"{' — interrupted' if summary.interrupted else ''}")
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("blocks replayed", f"{summary.blocks:,}")
-    table.add_row(f"logs {verb} added".replace("  ", " "), f"{summary.logs_added:,}")
-    table.add_row(f"events {verb} invalidated".replace("  ", " "),
-                  f"{summary.events_invalidated:,}")
+    table.add_row(f"logs {would}added", f"{summary.logs_added:,}")
+    table.add_row(f"events {would}invalidated", f"{summary.events_invalidated:,}")
     if summary.divergent_blocks:
         shown = ", ".join(map(str, summary.divergent_blocks[:10]))
         more = f" … (+{len(summary.divergent_blocks) - 10})" if len(summary.divergent_blocks) > 10 else ""
@@ -314,8 +312,8 @@ def render(summary: Summary, console: Console) -> None:
 
     names = sorted(set(summary.new_log_deliveries) | set(summary.refire_deliveries))
     if names or summary.dry_run or summary.refire:
-        per_trigger = Table(title=f"deliveries {'that would be ' if summary.dry_run else ''}"
-                                  "created, per trigger", title_justify="left")
+        per_trigger = Table(title=f"deliveries {would}created, per trigger",
+                            title_justify="left")
         per_trigger.add_column("trigger")
         if summary.dry_run:
             per_trigger.add_column("from logs to add", justify="right")
@@ -387,9 +385,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, interrupt)
-        columns = (TextColumn("[bold]{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("blocks"), BlocksPerSecondColumn(), TextColumn("ETA"),
-                   TimeRemainingColumn(), TimeElapsedColumn())
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                   MofNCompleteColumn(), TextColumn("blocks"), BlocksPerSecondColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=stderr, transient=False) as progress:
             # Inside the progress context, so log lines print above the bar, not through it.
             configure_logging(level="WARNING", fmt=settings.log_format, service="replay")

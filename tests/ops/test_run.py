@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.support import databases
+from tests.support.anvil import Anvil
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +117,37 @@ def test_once_fails_with_the_reason_when_webhooks_do_not_arrive_in_time(
     last = result.stdout.strip().splitlines()[-1]
     assert "once: FAILED, demo stopped first (rc=1): demo: no complete set of 3 verified " \
            "webhooks within 0 s" in last, last
+
+
+def test_with_rpc_url_runs_the_pipeline_against_that_chain(absent_database: str, redis_url: str,
+                                                           anvil: Anvil) -> None:
+    """``RPC_URL`` set: no devnet, no demo; ingest, processor and workers on that chain, with
+    the triggers in the database, until Ctrl-C."""
+    anvil.mine(5)
+    env = {**_env(absent_database, redis_url), "RPC_URL": anvil.url, "START_BLOCK": "0"}
+    process = subprocess.Popen([sys.executable, "scripts/run.py"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        checkpoint = None
+        while checkpoint is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            try:
+                with psycopg.connect(absent_database, connect_timeout=2) as conn:
+                    row = conn.execute("SELECT block_number FROM checkpoints WHERE chain_id = %s",
+                                       (anvil.chain_id,)).fetchone()
+                    checkpoint = row[0] if row else None
+            except psycopg.Error:
+                continue  # not created or migrated yet
+        assert checkpoint == 5, f"ingest did not reach the head: {checkpoint}"
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output[-4000:]
+    assert f"pipeline against {anvil.url}" in output
+    started = set(re.findall(r"system\s+\| (\w+) started", output))
+    assert started == {"ingest", "processor", "workers"}, started
