@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.chain import SYNC, TOKEN, TRANSFER, Chain
+from tests.e2e.chain import SYNC, TOKEN, TRANSFER, Chain, ChainLog
 from tests.e2e.conftest import Pipeline
 from tests.e2e.pipeline import (
+    Wanted,
     assert_all_verified,
     assert_no_duplicate_rows,
     assert_stored_exactly_once,
@@ -46,6 +47,21 @@ def _hooks(pipeline: Pipeline) -> dict[str, int]:
     }
 
 
+def _wanted(pipeline: Pipeline, actions: dict[str, int], logs: list[ChainLog]) -> Wanted:
+    token = pipeline.chain.token_a.address.lower()
+    wanted = {(actions["Transfer"], "matched", log.key) for log in logs
+              if log.name == "Transfer" and log.address == token}
+    return wanted | {(actions["Sync"], "matched", log.key) for log in logs if log.name == "Sync"}
+
+
+def _all_running(pipeline: Pipeline, actions: dict[str, int]) -> None:
+    """Wait until the stream so far is delivered: every service is up and connected (a
+    service that cannot reach its database *at start* exits — that is configuration)."""
+    logs = pipeline.chain.logs()
+    wait_deliveries(pipeline.store, _wanted(pipeline, actions, logs), timeout=30,
+                    supervisor=pipeline.services)
+
+
 def _finish(pipeline: Pipeline, actions: dict[str, int], *, timeout: float) -> None:
     """Everything ingested once, every wanted pair delivered once, every webhook received."""
     chain, store = pipeline.chain, pipeline.store
@@ -53,9 +69,7 @@ def _finish(pipeline: Pipeline, actions: dict[str, int], *, timeout: float) -> N
     logs = chain.logs(0, head)
     wait_ingested(store, logs, head=head, timeout=timeout, supervisor=pipeline.services)
     assert_stored_exactly_once(store, logs)
-    wanted = {(actions["Transfer"], "matched", log.key) for log in logs
-              if log.name == "Transfer" and log.address == chain.token_a.address.lower()}
-    wanted |= {(actions["Sync"], "matched", log.key) for log in logs if log.name == "Sync"}
+    wanted = _wanted(pipeline, actions, logs)
     rows = wait_deliveries(store, wanted, timeout=timeout, supervisor=pipeline.services)
     assert_no_duplicate_rows(rows)
     assert {(r.action_id, r.kind, r.event_key) for r in rows} == wanted
@@ -66,28 +80,41 @@ def _finish(pipeline: Pipeline, actions: dict[str, int], *, timeout: float) -> N
 
 
 @pytest.fixture
-def cluster_database(pg_cluster: PgCluster) -> str:
-    url = databases.create_database(pg_cluster.url, prefix="bh_e2e")
+def restartable_cluster() -> Iterator[PgCluster]:
+    """A throwaway cluster (like the ``pg_cluster`` fixture) whose fast shutdown cannot stall:
+    the postmaster waits for "dead-end" children (connections refused while shutting down)
+    until ``authentication_timeout`` (default 60 s) when a client goes quiet mid-handshake;
+    seen once here with services reconnecting in a loop."""
+    cluster = PgCluster(settings={"authentication_timeout": "5s"})
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def cluster_database(restartable_cluster: PgCluster) -> str:
+    url = databases.create_database(restartable_cluster.url, prefix="bh_e2e")
     databases.alembic(url, "upgrade", "head")
     return url
 
 
 @pytest.mark.slow
 def test_postgres_restart_mid_stream_recovers_without_help(
-        make_pipeline: Callable[..., Pipeline], pg_cluster: PgCluster, cluster_database: str,
-        redis_url: str) -> None:
+        make_pipeline: Callable[..., Pipeline], restartable_cluster: PgCluster,
+        cluster_database: str, redis_url: str) -> None:
     pipeline = make_pipeline(database_url=cluster_database, redis_url=redis_url)
     actions = _hooks(pipeline)
     pipeline.chain.add_liquidity(10_000 * TOKEN, 10_000 * TOKEN)
     pipeline.start()
     _produce(pipeline.chain, 10)
-    wait_ingested(pipeline.store, pipeline.chain.logs(), head=pipeline.chain.head(), timeout=30,
-                  supervisor=pipeline.services)
+    _all_running(pipeline, actions)
 
-    pg_cluster.stop("fast")  # every service's connections are closed under it
+    restartable_cluster.stop("fast")  # every service's connections are closed under it
     _produce(pipeline.chain, 10)  # the chain moves on while the database is away
     time.sleep(2)
-    pg_cluster.start()
+    restartable_cluster.start()
     _produce(pipeline.chain, 10)
     _finish(pipeline, actions, timeout=60)
     pipeline.services.assert_running()
@@ -113,8 +140,7 @@ def test_redis_outage_delays_deliveries_without_losing_them(
     pipeline.start()
     _produce(pipeline.chain, 5)
     head = pipeline.chain.head()
-    wait_ingested(pipeline.store, pipeline.chain.logs(), head=head, timeout=30,
-                  supervisor=pipeline.services)
+    _all_running(pipeline, actions)
 
     own_redis.stop()
     outage_started = time.time()
