@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
@@ -200,8 +201,6 @@ RETURNING t.id, t.name, u.error
 
 async def fetch_trigger_rows(conn: asyncpg.Connection) -> list[TriggerRow]:
     """Enabled triggers with their enabled actions (configs as parsed JSON)."""
-    import orjson
-
     rows = await conn.fetch(_LOAD_TRIGGERS)
     return [
         TriggerRow(

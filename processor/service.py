@@ -60,6 +60,8 @@ class Processor:
                 reasons = await self.wakeups.take(max(0.0, next_sweep - time.monotonic()))
                 if stop.is_set():
                     break
+                if listener.done():
+                    listener.result()  # a bug in the listener must not leave us deaf: re-raise
                 sweep = "reconnected" in reasons or time.monotonic() >= next_sweep
                 if reasons & {"reconnected", "triggers"}:
                     self._registry_stale = True

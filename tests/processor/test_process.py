@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from rq import Queue
@@ -75,13 +76,25 @@ async def test_events_committed_while_stopped_are_processed_after_start(
             await insert_events(conn, [transfer(block, i, i) for i in range(20)])
     finally:
         await conn.close()
+    metrics_port = free_port()
     process = ProcessorProcess(database_url=db_url, redis_url=redis_url,
-                               log_path=tmp_path / "processor.log", **QUIET)
+                               log_path=tmp_path / "processor.log",
+                               METRICS_PORT=str(metrics_port), **QUIET)
     try:
         async def all_queued() -> bool:
             return await count(db_url, "SELECT count(*) FROM deliveries WHERE status = 'queued'") == 100
         await wait_for(all_queued, within=30, what="100 queued deliveries")
         assert sorted(job_ids(redis_url)) == list(range(1, 101))
+        async with httpx.AsyncClient(timeout=5) as client:
+            exposition = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        samples = {line.split(" ")[0]: float(line.split(" ")[1])
+                   for line in exposition.splitlines() if line.startswith("blockhook_processor_")}
+        assert samples["blockhook_processor_events_total"] == 100
+        assert samples["blockhook_processor_matches_total"] == 100
+        assert samples['blockhook_processor_deliveries_created_total{kind="matched"}'] == 100
+        assert samples["blockhook_processor_enqueue_latency_seconds_count"] == 100
+        assert samples["blockhook_processor_invalid_triggers"] == 0
+        assert samples["blockhook_processor_decode_failures_total"] == 0
     finally:
         assert process.stop() == 0, process.output()
 
