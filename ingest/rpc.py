@@ -157,34 +157,42 @@ def parse_header(raw: object) -> Header | None:
 
 
 def parse_logs(raw: object) -> list[Log]:
-    """Logs from ``eth_getLogs``; raises ``RpcBadResponse`` on any malformed or removed entry."""
+    """Logs from ``eth_getLogs``; raises ``RpcBadResponse`` on any malformed or removed entry.
+
+    The hot loop of ingest (one pass per log): checks are inlined; ``int(value, 16)`` refuses
+    non-strings by itself, and the ``0x`` prefixes are checked on the concatenation."""
     if type(raw) is not list:
         raise RpcBadResponse(f"eth_getLogs: result is {type(raw).__name__}, not a list")
     logs: list[Log] = []
     append = logs.append
+    make = Log._make
     try:
         for item in raw:
             if item.get("removed"):
                 raise ValueError("a removed log")
             topics = item["topics"]
-            count = len(topics)
-            if type(topics) is not list or count > 4:
-                raise TypeError("topics is not a list of at most 4")
+            block_hash = item["blockHash"]
+            tx_hash = item["transactionHash"]
             address = item["address"]
             data = item["data"]
-            if type(address) is not str or len(address) != 42 or type(data) is not str \
-                    or not data.startswith("0x"):
-                raise TypeError("bad address or data")
-            append(Log(
-                _quantity(item["blockNumber"]), _hash32(item["blockHash"]),
-                _hash32(item["transactionHash"]), _quantity(item["transactionIndex"]),
-                _quantity(item["logIndex"]), address.lower(),
-                _hash32(topics[0]) if count > 0 else None,
-                _hash32(topics[1]) if count > 1 else None,
-                _hash32(topics[2]) if count > 2 else None,
-                _hash32(topics[3]) if count > 3 else None,
+            if (type(topics) is not list or len(topics) > 4 or type(block_hash) is not str
+                    or len(block_hash) != 66 or type(tx_hash) is not str or len(tx_hash) != 66
+                    or type(address) is not str or len(address) != 42 or type(data) is not str
+                    or (block_hash[:2] + tx_hash[:2] + address[:2] + data[:2]) != "0x0x0x0x"):
+                raise TypeError("a hash, address, data or topics field has the wrong type or size")
+            for topic in topics:
+                if type(topic) is not str or len(topic) != 66 or topic[:2] != "0x":
+                    raise TypeError(f"topic {str(topic)[:80]!r} is not a 32-byte hash")
+            count = len(topics)
+            append(make((
+                int(item["blockNumber"], 16), block_hash.lower(), tx_hash.lower(),
+                int(item["transactionIndex"], 16), int(item["logIndex"], 16), address.lower(),
+                topics[0].lower() if count > 0 else None,
+                topics[1].lower() if count > 1 else None,
+                topics[2].lower() if count > 2 else None,
+                topics[3].lower() if count > 3 else None,
                 data.lower(),
-            ))
+            )))
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise RpcBadResponse(f"eth_getLogs: malformed log: {error}") from None
     return logs
