@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import structlog
 
 from workers import metrics
 from workers.attempt import RetryPolicy, attempt_delivery
 from workers.delivery import WebhookClient
+from workers.retry import is_exhausted, retry_delay
 from workers.store import (
     Outcome,
     claim_deliveries,
@@ -24,6 +26,8 @@ from workers.store import (
     record_outcomes,
     unclaimed_soon,
 )
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -39,6 +43,23 @@ class BatchReport:
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
+
+
+async def _attempt_or_requeue(row: asyncpg.Record, *, client: WebhookClient,
+                              policy: RetryPolicy, jitter: float) -> Outcome:
+    """``attempt_delivery``, with a bug in one delivery contained to that delivery: it stays
+    queued for a retry (with the error type recorded) and its neighbours' outcomes commit."""
+    try:
+        return await attempt_delivery(row, client=client, policy=policy, jitter=jitter)
+    except Exception as error:
+        log.exception("delivery handling crashed", delivery_id=row["id"])
+        attempts = row["attempts"] + 1
+        reason = f"internal error: {type(error).__name__}"
+        if is_exhausted(attempts=attempts, max_attempts=policy.max_attempts):
+            return Outcome(row["id"], "failed", True, None, f"gave up after {attempts} "
+                                                           f"attempts: {reason}")
+        delay = retry_delay(attempts=attempts, schedule=policy.schedule, jitter=jitter)
+        return Outcome(row["id"], "queued", True, None, reason, delay)
 
 
 async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, policy: RetryPolicy,
@@ -57,7 +78,7 @@ async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, polic
             report.unclaimed = await unclaimed_soon(
                 conn, delivery_ids, [row["id"] for row in claimed])
         report.outcomes = list(await asyncio.gather(*(
-            attempt_delivery(row, client=client, policy=policy, jitter=jitter)
+            _attempt_or_requeue(row, client=client, policy=policy, jitter=jitter)
             for row in claimed)))
         recorded = await record_outcomes(conn, report.outcomes)
         delivered = [o.delivery_id for o in report.outcomes if o.status == "delivered"]
