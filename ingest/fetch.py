@@ -109,11 +109,11 @@ class RangeFetcher:
                 batch = await self._fetch_once(first, last, by_hash=by_hash)
             except (RpcRangeTooLarge, RpcTimeout) as error:
                 self._count(error_kind(error))
-                attempt += 1
                 if first == last:
                     # One block is already the smallest range: ask by block hash instead, and
                     # back off if even that fails.
                     if by_hash:
+                        attempt += 1
                         await asyncio.sleep(backoff_delay(attempt))
                     by_hash = True
                 else:

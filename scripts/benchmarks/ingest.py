@@ -15,7 +15,7 @@ A dense devnet chain (1,000 blocks × 4 transactions × 50 logs = 200,000 logs f
 
 Both write paths use ranges of 50 blocks (10,000 logs). Backends: ``plain`` (the local server on
 5432), ``timescale`` (a throwaway TimescaleDB cluster: a fresh hypertable, and one with 600
-pre-created chunks). Each path runs twice per backend, alternating; the best run counts.
+pre-created chunks). Each path runs three times per backend, alternating; the best run counts.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ BLOCKS = 1_000
 TXS_PER_BLOCK = 4
 LOGS_PER_TX = 50
 RANGE_BLOCKS = 50
-RUNS = 2
+RUNS = 3
 PRECREATED_CHUNKS = 600
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHAIN_ID = 31337

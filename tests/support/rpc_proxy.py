@@ -126,7 +126,7 @@ class RpcProxy:
         self._session = ClientSession(timeout=ClientTimeout(total=60))
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
