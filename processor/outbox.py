@@ -118,10 +118,12 @@ async def push(redis_client: redis.Redis, delivery_ids: Sequence[int]) -> bool:
 async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
                           delivery_ids: Sequence[int],
                           committed_at: Sequence[datetime | None] = ()) -> bool:
-    """After commit: enqueue freshly created deliveries and mark them ``queued``. On a Redis
-    failure they stay ``pending`` for the sweep. ``committed_at`` (per id, optional) feeds the
+    """After commit: enqueue freshly created deliveries and mark them ``queued``; ``False`` when
+    Redis failed (they stay ``pending`` for the sweep). ``committed_at`` (per id, optional) feeds the
     commit → enqueue latency histogram."""
-    if not delivery_ids or not await push(redis_client, delivery_ids):
+    if not delivery_ids:
+        return True
+    if not await push(redis_client, delivery_ids):
         return False
     now = time.time()
     for moment in committed_at:

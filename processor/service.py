@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 import redis
@@ -26,6 +28,7 @@ from processor.registry import TriggerRegistry, load_registry
 
 log = structlog.get_logger(__name__)
 
+REDIS_RETRY_SECONDS = 5.0
 TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
              redis.RedisError)
 
@@ -48,11 +51,17 @@ class Processor:
         self.registry = TriggerRegistry()
         self.wakeups = Wakeups()
         self._registry_stale = True
+        self._redis_retry_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set; returns after finishing the current unit of work."""
+        """Work until ``stop`` is set; returns after finishing the current unit of work.
+
+        New batches are handled in this loop as soon as a wake-up arrives; the periodic sweep
+        runs as a concurrent task so housekeeping never delays fresh events (every unit of work
+        claims its rows with SKIP LOCKED, so the two never step on each other)."""
         listener = asyncio.create_task(listen(self.database_url, self.wakeups, stop))
         stopper = asyncio.create_task(self._wake_on(stop))
+        sweeper: asyncio.Task[None] | None = None
         backoff = Backoff(base=0.2, cap=5.0)
         next_sweep = 0.0  # sweep at start
         try:
@@ -62,11 +71,17 @@ class Processor:
                     break
                 if listener.done():
                     listener.result()  # a bug in the listener must not leave us deaf: re-raise
-                sweep = "reconnected" in reasons or time.monotonic() >= next_sweep
+                if sweeper is not None and sweeper.done():
+                    sweeper.result()  # transient errors are handled inside; re-raise bugs
+                    sweeper = None
                 if reasons & {"reconnected", "triggers"}:
                     self._registry_stale = True
+                if sweeper is None and ("reconnected" in reasons
+                                        or time.monotonic() >= next_sweep):
+                    sweeper = asyncio.create_task(self._background_sweep())
+                    next_sweep = time.monotonic() + self.sweep_interval
                 try:
-                    await self.step(stop, sweep=sweep, reasons=reasons)
+                    await self.step(stop, sweep=False, reasons=reasons)
                 except TRANSIENT as error:
                     delay = backoff.next_delay()
                     log.warning("processing failed, retrying", error=str(error) or repr(error),
@@ -75,9 +90,10 @@ class Processor:
                     await sleep_or_stop(stop, delay)
                     continue
                 backoff.reset()
-                if sweep:
-                    next_sweep = time.monotonic() + self.sweep_interval
         finally:
+            if sweeper is not None:
+                with contextlib.suppress(*TRANSIENT):
+                    await sweeper  # a unit of work: let it finish
             stopper.cancel()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,12 +101,20 @@ class Processor:
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
 
+    async def _background_sweep(self) -> None:
+        try:
+            await self.sweep()
+        except TRANSIENT as error:
+            # The next sweep (or wake-up) retries; nothing was half-done (one tx per unit).
+            log.warning("sweep failed, will retry", error=str(error) or repr(error))
+
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self.wakeups.post("stop")
 
     async def step(self, stop: asyncio.Event, *, sweep: bool, reasons: set[str]) -> None:
-        """One round: reload triggers if stale, drain batches, ripen, correct, sweep."""
+        """One round after a wake-up: reload triggers if stale, drain batches, then ripen and
+        correct if the wake-up asks for it; with ``sweep``, also the full sweep, inline."""
         if self._registry_stale:
             async with self.pool.acquire() as conn:
                 self.registry = await load_registry(conn)
@@ -101,22 +125,31 @@ class Processor:
         await self.drain(stop)
         # Deferred matches only exist for triggers with confirmations; without any, the sweep
         # alone clears leftovers (e.g. of a trigger that was disabled).
-        if sweep or (self.registry.needs_checkpoints
-                     and reasons & {"checkpoints", "events", "retry"}):
+        if self.registry.needs_checkpoints and reasons & {"checkpoints", "events", "retry"}:
             await self.ripen()
-        if sweep or "reorgs" in reasons:
-            async with self.pool.acquire() as conn:
-                corrections = await correct_reorgs(conn, recheck=sweep)
-            if corrections.cancelled or corrections.removed_ids:
-                log.info("reorg corrections", reorgs=corrections.reorgs,
-                         cancelled=corrections.cancelled, removed=len(corrections.removed_ids))
-            await enqueue_created(self.pool, self.redis, corrections.removed_ids)
+        if "reorgs" in reasons:
+            await self.correct(recheck=False)
         if sweep:
-            await sweep_outbox(self.pool, self.redis)
-            async with self.pool.acquire() as conn:
-                lag = await conn.fetchrow(_LAG)
-            metrics.BATCH_LAG_BATCHES.set(lag["batches"])
-            metrics.BATCH_LAG_EVENTS.set(lag["events"])
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Everything regardless of wake-ups: ripen, correct reorgs (recent ones again),
+        enqueue what was left pending or lost, and refresh the lag gauges."""
+        await self.ripen()
+        await self.correct(recheck=True)
+        await sweep_outbox(self.pool, self.redis)
+        async with self.pool.acquire() as conn:
+            lag = await conn.fetchrow(_LAG)
+        metrics.BATCH_LAG_BATCHES.set(lag["batches"])
+        metrics.BATCH_LAG_EVENTS.set(lag["events"])
+
+    async def correct(self, *, recheck: bool) -> None:
+        async with self.pool.acquire() as conn:
+            corrections = await correct_reorgs(conn, recheck=recheck)
+        if corrections.cancelled or corrections.removed_ids:
+            log.info("reorg corrections", reorgs=corrections.reorgs,
+                     cancelled=corrections.cancelled, removed=len(corrections.removed_ids))
+        await self._enqueue(corrections.removed_ids)
 
     async def drain(self, stop: asyncio.Event) -> int:
         """Process batches until none is left (or ``stop``); return the events processed."""
@@ -129,11 +162,21 @@ class Processor:
             if not claim.batches:
                 break
             events += claim.events
-            await enqueue_created(self.pool, self.redis, claim.delivery_ids, claim.committed_at)
+            await self._enqueue(claim.delivery_ids, claim.committed_at)
             if claim.delivery_ids:
                 log.debug("batches processed", batches=claim.batches, events=claim.events,
                           deliveries=len(claim.delivery_ids))
         return events
+
+    async def _enqueue(self, delivery_ids: list[int],
+                       committed_at: Sequence[datetime | None] = ()) -> None:
+        """Enqueue after commit. After a Redis failure, new rows are left ``pending`` for
+        ``REDIS_RETRY_SECONDS`` without trying (each try may block for the connect timeout,
+        which would throttle the whole processor); the sweep enqueues them once Redis is back."""
+        if not delivery_ids or time.monotonic() < self._redis_retry_at:
+            return
+        if not await enqueue_created(self.pool, self.redis, delivery_ids, committed_at):
+            self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
 
     async def ripen(self) -> None:
         while True:
@@ -142,6 +185,6 @@ class Processor:
             if ripened.delivery_ids:
                 log.info("confirmations reached", deliveries=len(ripened.delivery_ids),
                          dropped=ripened.dropped)
-            await enqueue_created(self.pool, self.redis, ripened.delivery_ids)
+            await self._enqueue(ripened.delivery_ids)
             if not ripened.delivery_ids and not ripened.dropped:
                 return
