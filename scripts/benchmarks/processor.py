@@ -13,6 +13,9 @@ addresses, ``any``/``all``/``not`` nesting — about 10 % of events match.
   one integer compare per candidate, ``INSERT … SELECT unnest`` into a copy of ``deliveries``,
   mark the batch, one pipelined ``LPUSH`` of the new ids — no decoding, no conditions, no RQ.
 
+Both run twice, alternating; the best run of each counts (the machine is shared; the 1-minute
+load average is printed beside the figures).
+
 Latency: ``python -m processor`` as a real process (LISTEN/NOTIFY) while a writer commits 50
 events every 50 ms (1,000 events/s) for 15 s; per delivery ``queued_at − event_committed_at``
 (the batch's commit-side timestamp to the moment its RQ job was written), p50/p99.
@@ -63,6 +66,7 @@ TRIGGERS_PER_ADDRESS = 5
 WALLETS = 100
 HISTORY_CHUNKS = 500
 LATENCY_SECONDS = 15
+RUNS = 2
 LATENCY_TICK = 0.05
 LATENCY_ROWS_PER_TICK = 50
 TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
@@ -369,21 +373,26 @@ def run(backend: str = "both") -> list[Figure]:
         with backends(backend) as selected:
             for target in selected:
                 facts = asyncio.run(_prepare(target.url))
-                base_s, base_events, base_created = asyncio.run(
-                    _baseline_run(target.url, redis_server.url))
-                real_s, real_events, real_created = asyncio.run(
-                    _processor_run(target.url, redis_server.url))
+                best_base = best_real = 0.0
+                for _ in range(RUNS):  # alternating, best of each: the machine is shared
+                    base_s, base_events, base_created = asyncio.run(
+                        _baseline_run(target.url, redis_server.url))
+                    real_s, real_events, real_created = asyncio.run(
+                        _processor_run(target.url, redis_server.url))
+                    best_base = max(best_base, base_events / base_s)
+                    best_real = max(best_real, real_events / real_s)
                 note = (f"{target.name}; {real_events:,} events, {real_created:,} deliveries "
                         f"({real_created / max(real_events, 1):.1%}); baseline "
-                        f"{base_created:,} rows; chunks {facts['chunks']}")
-                figures.append(Figure(f"processor events/s [{target.name}]",
-                                      real_events / real_s, "ev/s",
-                                      baseline=base_events / base_s, bar=10_000, note=note))
+                        f"{base_created:,} rows; chunks {facts['chunks']}; best of {RUNS}; "
+                        f"load avg {os.getloadavg()[0]:.1f}")
+                figures.append(Figure(f"processor events/s [{target.name}]", best_real, "ev/s",
+                                      baseline=best_base, bar=10_000, note=note))
                 latency = asyncio.run(_latency_run(target.url, redis_server.url))
                 figures.append(Figure(
                     f"commit->enqueue p50 @1k ev/s [{target.name}]", latency["p50"], "ms",
                     bar=10, higher_is_better=False,
                     note=f"{latency['samples']:,} deliveries, {latency['pending']} not queued; "
+                         f"load avg {os.getloadavg()[0]:.1f}; "
                          f"from batch created_at (tx start): {latency['metric_p50']:.2f} ms"))
                 figures.append(Figure(
                     f"commit->enqueue p99 @1k ev/s [{target.name}]", latency["p99"], "ms",
