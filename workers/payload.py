@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ class PayloadError(PermanentError):
     """The event cannot be rendered under the trigger's signature (it will never succeed)."""
 
 
+@lru_cache(maxsize=1024)  # events of one block share their block_time
 def _iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
