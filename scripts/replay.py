@@ -104,6 +104,8 @@ class Summary:
     refire_deliveries: dict[str, int] = field(default_factory=dict)
     refire_enqueued: bool | None = None
     interrupted: bool = False
+    replay_seconds: float = 0.0
+    refire_seconds: float = 0.0
     seconds: float = 0.0
 
 
@@ -132,8 +134,11 @@ class ReplayCommand:
             summary = Summary(self.args.chain_id, self.args.from_block, to_block,
                               self.args.dry_run, self.args.refire)
             await self._ingest_phase(client, progress, summary)
+            summary.replay_seconds = round(time.monotonic() - started, 3)
             if not summary.interrupted and self.args.refire:
+                refire_started = time.monotonic()
                 await self._refire_phase(progress, summary)
+                summary.refire_seconds = round(time.monotonic() - refire_started, 3)
         if not summary.interrupted and not self.args.dry_run:
             clear_state(self.state_file)
         summary.seconds = round(time.monotonic() - started, 3)
@@ -194,7 +199,10 @@ class ReplayCommand:
                               on_wait=lambda pid: self._on_wait(progress, task, pid),
                               stop=self.stop)
         self._merge(summary, result, done_before)
-        if self.args.dry_run and isinstance(source, RecordingSource) and registry is not None:
+        # No log to add means no delivery from new logs: skip the lookup (the common dry run
+        # over a complete range, where every recorded candidate is stored already).
+        if self.args.dry_run and isinstance(source, RecordingSource) and registry is not None \
+                and result.logs_added:
             conn = await connect(self.settings.database_url)
             try:
                 counts = await new_log_deliveries(conn, source, registry)
