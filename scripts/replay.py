@@ -34,10 +34,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 import redis  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -286,7 +286,7 @@ class ReplayCommand:
             summary.refire_enqueued = enqueued
 
     @staticmethod
-    async def _all_queued(conn: Any, delivery_ids: list[int]) -> bool:
+    async def _all_queued(conn: asyncpg.Connection, delivery_ids: list[int]) -> bool:
         pending = await conn.fetchval(
             "SELECT count(*) FROM deliveries WHERE id = ANY($1::bigint[]) AND status = 'pending'",
             delivery_ids)

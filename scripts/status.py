@@ -23,6 +23,7 @@ from pydantic import BaseModel  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from core.db import connect, storage_path  # noqa: E402
 from core.errors import PermanentError  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
 from scripts.ops.rpc import NodeHead, node_head  # noqa: E402
@@ -35,7 +36,6 @@ from scripts.ops.status_queries import (  # noqa: E402
     invalid_triggers,
     open_deliveries,
     queue_status,
-    storage,
 )
 
 
@@ -54,8 +54,6 @@ class StatusReport(BaseModel):
 
 async def collect(database_url: str, redis_url: str, rpc_urls: list[str]) -> StatusReport:
     """Gather the report: database and Redis queries, node heads asked concurrently."""
-    from core.db import connect
-
     heads = await asyncio.gather(*(node_head(url) for url in rpc_urls))
     conn = await connect(database_url, timeout=10)
     try:
@@ -63,7 +61,7 @@ async def collect(database_url: str, redis_url: str, rpc_urls: list[str]) -> Sta
                        if h.chain_id is not None and h.head is not None}
         report = StatusReport(
             generated_at=datetime.now(UTC),
-            storage_path=await storage(conn),
+            storage_path=await storage_path(conn),
             chains=await chain_statuses(conn, known_heads),
             queue=await asyncio.to_thread(queue_status, redis_url),
             deliveries_last_hour=await deliveries_last_hour(conn),

@@ -10,7 +10,6 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from core.db import storage_path
 from core.queue import QUEUE_NAME
 from core.schema import DELIVERY_STATUSES
 
@@ -57,16 +56,12 @@ class InvalidTriggerRow(BaseModel):
     error: str
 
 
-async def storage(conn: asyncpg.Connection) -> str:
-    return await storage_path(conn)
-
-
-# One round trip per concern; ``chains`` is every chain the database knows anything about.
+# One round trip per concern. The chains shown are every chain with a checkpoint, a trigger,
+# unprocessed batches or events (the last from the counts query, which scans events anyway).
 _CHAINS = """
 SELECT chain_id FROM checkpoints
 UNION SELECT chain_id FROM triggers
 UNION SELECT chain_id FROM event_batches WHERE processed_at IS NULL
-UNION SELECT DISTINCT chain_id FROM events
 """
 _CHECKPOINTS = "SELECT chain_id, block_number, updated_at FROM checkpoints"
 # A full count: exact numbers are what an operator checks a replay against. On very large
@@ -92,9 +87,9 @@ _TRIGGERS = "SELECT chain_id, count(*) AS n FROM triggers WHERE enabled GROUP BY
 
 async def chain_statuses(conn: asyncpg.Connection, heads: dict[int, int]) -> list[ChainStatus]:
     """One row per chain known to the database or to a node we asked (``heads``)."""
-    chain_ids = {r["chain_id"] for r in await conn.fetch(_CHAINS)} | set(heads)
     checkpoints = {r["chain_id"]: r for r in await conn.fetch(_CHECKPOINTS)}
     counts = {r["chain_id"]: r for r in await conn.fetch(_EVENT_COUNTS)}
+    chain_ids = {r["chain_id"] for r in await conn.fetch(_CHAINS)} | set(heads) | set(counts)
     reorgs = {r["chain_id"]: r for r in await conn.fetch(_LAST_REORGS)}
     backlog = {r["chain_id"]: r for r in await conn.fetch(_BACKLOG)}
     deferred = {r["chain_id"]: r["n"] for r in await conn.fetch(_DEFERRED)}
