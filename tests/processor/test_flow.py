@@ -9,6 +9,7 @@ from datetime import timedelta
 import orjson
 import redis
 from rq import Queue
+from structlog.testing import capture_logs
 
 from core.db import connect
 from core.queue import QUEUE_NAME
@@ -102,7 +103,12 @@ async def test_invalid_triggers_are_recorded_and_valid_ones_keep_firing(
         ids = {name: (await add_trigger(conn, name, **kwargs))[0] for name, kwargs in invalid.items()}
         await add_trigger(conn, "valid", conditions=WHALE)
         await insert_events(conn, [transfer(1, 0, 10_000)])
-        await harness.step()
+        with capture_logs() as logged:
+            await harness.step()
+            await harness.step()  # a second reload (another processor, a restart) logs nothing
+        warned = [entry["trigger"] for entry in logged
+                  if entry["event"] == "trigger invalid, skipped"]
+        assert sorted(warned) == sorted(invalid)
         errors = {r["name"]: r["error"] for r in await conn.fetch("SELECT name, error FROM triggers")}
         assert errors["valid"] is None
         assert "uint257" in errors["bad-signature"]
