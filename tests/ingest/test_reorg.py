@@ -93,3 +93,22 @@ async def test_reorg_deeper_than_the_window_stops_with_the_replay_command(
     assert "python scripts/replay.py --chain-id 31337 --from-block" in message
     assert await checkpoint_of(plain_db_url) == before  # nothing written
     assert not await stored_logs(plain_db_url, invalidated=True)
+
+
+async def test_reorg_while_the_indexer_was_down_is_caught_by_the_parent_hash_check(
+        db_url: str, anvil: Anvil, emitter: Contract) -> None:
+    emit_blocks(emitter, 6, 3)
+    settings = ingest_settings(db_url, anvil.url, max_block_range=3)
+    async with running_indexer(settings):
+        await wait_for_checkpoint(db_url, anvil)
+    head = anvil.head()
+    orphaned = {row for row in await stored_logs(db_url) if row[0] > head - 2}
+    anvil.rpc("anvil_reorg", 2, [])
+    emit_blocks(emitter, 4, 2)  # the node is now ahead: the indexer resumes by catching up
+    async with running_indexer(settings) as indexer:
+        await wait_for_checkpoint(db_url, anvil)
+        assert indexer.metrics.reorgs._value.get() == 1
+    assert set(await stored_logs(db_url, invalidated=True)) == orphaned
+    assert set(await stored_logs(db_url)) == chain_logs(anvil)
+    [reorg] = await fetch(db_url, "SELECT depth, common_ancestor FROM reorgs")
+    assert tuple(reorg) == (2, head - 2)
