@@ -133,6 +133,7 @@ class Indexer:
                 await self._become_writer(conn, stop)
                 attempt = 0
                 await self._ingest(conn, stop)
+                return  # stop was set between two transactions
             except DATABASE_ERRORS + (asyncpg.PostgresError,) as error:
                 if isinstance(error, asyncpg.PostgresError) and not _is_connection_error(error):
                     raise

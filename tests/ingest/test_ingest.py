@@ -112,3 +112,26 @@ async def test_ingest_addresses_restricts_to_listed_contracts(db_url: str, anvil
     stored = await stored_logs(db_url)
     assert stored and {row[5] for row in stored} == {token.address.lower()}
     assert set(stored) == {row for row in chain_logs(anvil) if row[5] == token.address.lower()}
+
+
+async def test_stop_during_a_catch_up_write_commits_it_and_returns(
+        plain_db_url: str, anvil: Anvil, emitter: Contract) -> None:
+    import asyncio
+
+    from ingest.poller import Indexer
+    from ingest.rpc import JsonRpcClient
+
+    emit_blocks(emitter, 8, 3)
+    stop = asyncio.Event()
+
+    class StopAfterFirstWrite(Indexer):
+        async def _write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            await super()._write(*args, **kwargs)
+            stop.set()  # like SIGTERM arriving while the transaction commits
+
+    settings = ingest_settings(plain_db_url, anvil.url, max_block_range=2)
+    async with JsonRpcClient(anvil.url) as source:
+        indexer = StopAfterFirstWrite(settings, source)
+        await asyncio.wait_for(indexer.run(stop), 10)
+    assert await checkpoint_of(plain_db_url) == (1, anvil.rpc("eth_getBlockByNumber", "0x1", False)["hash"])
+    assert set(await stored_logs(plain_db_url)) == chain_logs(anvil, 0, 1)
