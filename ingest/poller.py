@@ -215,9 +215,12 @@ class Indexer:
                     log.info("range does not chain to the checkpoint; checking for a reorg",
                              chain_id=self.chain_id, checkpoint=self.checkpoint.number,
                              first=batch.first)
-                    if not await self._check_window(conn, stop) and \
-                            await load_checkpoint(conn, self.chain_id) is None:
-                        self.checkpoint = None  # the start block itself moved: derive it again
+                    if not await self._check_window(conn, stop):
+                        # The stored window agrees with the node: the node moved between our
+                        # requests (or a load-balanced backend lags). Refetch after a pause.
+                        if await load_checkpoint(conn, self.chain_id) is None:
+                            self.checkpoint = None  # the start block itself moved: derive again
+                        await sleep_or_stop(self.settings.poll_interval, stop)
                     return
                 await self._write(conn, batch, target)
                 if stop.is_set():
