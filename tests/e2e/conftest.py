@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
+from rq import Worker
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from core.queue import delivery_queue
 from tests.e2e.chain import Chain
 from tests.e2e.pipeline import CHAIN_ID, SECRET, Store
 from tests.e2e.receiver import Receiver
@@ -57,6 +62,25 @@ class Pipeline:
         return self.services[name]
 
 
+def describe_queue(redis_url: str) -> str:
+    """The RQ side of the pipeline, for failure messages: what is waiting, scheduled, running or
+    failed, and which workers (by pid) are registered on the queue."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        queue = delivery_queue(client)
+        failed = FailedJobRegistry(queue=queue)
+        last_failure = ""
+        if failed.count:
+            job = Job.fetch(failed.get_job_ids()[-1], connection=client)
+            last_failure = f"; last failure: {(job.exc_info or '').strip().splitlines()[-1:]}"
+        workers = [f"{w.name[:8]}(pid {w.pid}, {w.get_state()})" for w in Worker.all(queue=queue)]
+        return (f"{queue.count} waiting, {ScheduledJobRegistry(queue=queue).count} scheduled, "
+                f"{StartedJobRegistry(queue=queue).count} started, {failed.count} failed"
+                f"{last_failure}; workers {workers}")
+    finally:
+        client.close()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
@@ -96,6 +120,7 @@ def make_pipeline(request: pytest.FixtureRequest, chain: Chain, receiver: Receiv
         settings = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                     "RPC_URL": chain.node.url, **FAST_ENV, **env}
         services = Supervisor(env=child_env(**settings), log_dir=tmp_path)
+        services.probes["queue"] = lambda: describe_queue(redis_url)
         pipeline = Pipeline(chain=chain, store=Store(database_url), receiver=receiver,
                             services=services)
         built.append(pipeline)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +134,8 @@ class Supervisor:
         self.env = dict(env)
         self.log_dir = log_dir
         self.services: dict[str, Service] = {}
+        # Extra state shown by ``report()`` (the queue's contents, say): name → describe().
+        self.probes: dict[str, Callable[[], str]] = {}
 
     def add(self, name: str, module: str, *, args: Iterable[str] = (),
             env: Mapping[str, str] | None = None, start: bool = True) -> Service:
@@ -148,6 +150,18 @@ class Supervisor:
         if start:
             service.start()
         return service
+
+    def run(self, name: str, *argv: str, timeout: float = 120.0,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a one-shot command (``scripts/replay.py …``) with the services' environment;
+        its output is appended to ``<name>.log`` and returned."""
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT, env={**self.env, **(env or {})},
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=timeout)
+        with (self.log_dir / f"{name}.log").open("a") as log:
+            log.write(f"=== {' '.join(argv)} → exit {result.returncode} ===\n"
+                      f"{result.stdout}{result.stderr}")
+        return result
 
     def __getitem__(self, name: str) -> Service:
         return self.services[name]
@@ -176,6 +190,11 @@ class Supervisor:
 
     def report(self, lines: int = 25) -> str:
         parts = ["services:"] + [f"  {s.status()}" for s in self.services.values()]
+        for name, probe in self.probes.items():
+            try:
+                parts.append(f"{name}: {probe()}")
+            except Exception as error:  # a report must never hide the original failure
+                parts.append(f"{name}: unavailable ({error!r})")
         for service in self.services.values():
             parts.append(f"--- last {lines} log lines of {service.name} ({service.log_path}) ---")
             parts.append(service.log_tail(lines) or "(empty)")
