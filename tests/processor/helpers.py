@@ -69,7 +69,7 @@ INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash, tx_
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[],
                      $6::int[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],
                      $12::text[], $13::text[])
-ON CONFLICT (chain_id, block_hash, log_index, block_time) DO NOTHING
+ON CONFLICT (chain_id, block_hash, log_index, block_time) WHERE NOT invalidated DO NOTHING
 """
 
 

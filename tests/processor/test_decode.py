@@ -80,7 +80,7 @@ def chain() -> Any:
 
 
 def test_openzeppelin_erc20_erc721_erc1155_logs_decode_as_web3_does(chain: Web3) -> None:
-    me, other = chain.eth.accounts[0], chain.eth.accounts[1]
+    me, other = list(chain.eth.accounts)[:2]
     erc20 = deploy_erc20(chain)
     checked = assert_same_as_web3(erc20, transact(chain, erc20.functions.mint(me, 2 ** 255)))
     checked += assert_same_as_web3(erc20, transact(chain, erc20.functions.transfer(other, 2 ** 200)))
@@ -98,7 +98,7 @@ def test_openzeppelin_erc20_erc721_erc1155_logs_decode_as_web3_does(chain: Web3)
     assert checked >= 9
 
 
-ORDER_ABI = {
+ORDER_ABI: dict[str, Any] = {
     "type": "event", "name": "OrderFilled", "anonymous": False, "inputs": [
         {"name": "order", "type": "tuple", "indexed": False, "components": [
             {"name": "maker", "type": "address"}, {"name": "amount", "type": "uint256"},
@@ -116,24 +116,25 @@ def test_tuple_and_array_event_decodes_as_web3_does(chain: Web3) -> None:
     signature = parse_event_signature(declaration(ORDER_ABI))
     assert signature.canonical == ("OrderFilled((address,uint256,bytes32[]),uint16[3],string,"
                                    "(address,int128)[],bytes,address)")
-    maker, taker = chain.eth.accounts[2], chain.eth.accounts[3]
+    maker, taker = list(chain.eth.accounts)[2:4]
     data = encode(["(address,uint256,bytes32[])", "uint16[3]", "(address,int128)[]", "bytes"],
                   [(maker, 2 ** 256 - 1, [b"\x01" * 32, b"\x02" * 32]), [1, 2, 65535],
                    [(maker, -(2 ** 127)), (taker, 5)], b"hello"])
-    log = {"address": "0x" + "11" * 20, "blockHash": HexBytes(b"\x00" * 32), "blockNumber": 1,
+    topics = [HexBytes(signature.topic0), HexBytes(keccak(text="limit")),
+              HexBytes(b"\x00" * 12 + bytes.fromhex(taker[2:]))]
+    log: dict[str, Any] = {"address": "0x" + "11" * 20, "blockHash": HexBytes(b"\x00" * 32), "blockNumber": 1,
            "data": HexBytes(data), "logIndex": 0, "transactionHash": HexBytes(b"\x01" * 32),
            "transactionIndex": 0, "removed": False,
-           "topics": [HexBytes(signature.topic0), HexBytes(keccak(text="limit")),
-                      HexBytes(b"\x00" * 12 + bytes.fromhex(taker[2:]))]}
+           "topics": topics}
     contract = chain.eth.contract(abi=[ORDER_ABI])
     expected = contract.events.OrderFilled().process_log(log)["args"]
-    decoded = decode_log(signature, [t.to_0x_hex() for t in log["topics"]], "0x" + data.hex())
+    decoded = decode_log(signature, [t.to_0x_hex() for t in topics], "0x" + data.hex())
     assert to_json_args(signature, decoded) == normalise(dict(expected))
     assert to_json_args(signature, decoded)["order"]["maker"] == maker.lower()
     with pytest.raises(DecodeError):  # wrong topic count is a non-match, not a crash
-        decode_log(signature, [t.to_0x_hex() for t in log["topics"][:2]], "0x" + data.hex())
+        decode_log(signature, [t.to_0x_hex() for t in topics[:2]], "0x" + data.hex())
     with pytest.raises(DecodeError):
-        decode_log(signature, [t.to_0x_hex() for t in log["topics"]], "0x" + data.hex()[:256])
+        decode_log(signature, [t.to_0x_hex() for t in topics], "0x" + data.hex()[:256])
 
 
 STATIC = parse_event_signature(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import redis
@@ -92,7 +93,7 @@ async def test_invalid_triggers_are_recorded_and_valid_ones_keep_firing(
         db_url: str, redis_url: str, harness: Harness) -> None:
     conn = await connect(db_url)
     try:
-        invalid = {
+        invalid: dict[str, dict[str, Any]] = {
             "bad-signature": dict(signature="Transfer(address indexed from, uint257 value)"),
             "unknown-operator": dict(conditions={"field": "value", "op": "like", "value": "1"}),
             "malformed-shape": dict(conditions={"all": {"field": "value", "op": "eq"}}),
@@ -248,13 +249,13 @@ async def test_batch_query_touches_only_the_batch_chunks(db_url: str, redis_url:
             "EXPLAIN (FORMAT JSON) " + LOAD_EVENTS, 31337, batch["first_id"], batch["last_id"],
             batch["min_block_time"], batch["max_block_time"])
         plan = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
-        relations = set()
+        relations: set[str] = set()
 
-        def walk(node: dict[str, object]) -> None:
+        def walk(node: dict[str, Any]) -> None:
             if "Relation Name" in node:
                 relations.add(node["Relation Name"])
-            for child in node.get("Plans", []):  # type: ignore[union-attr]
-                walk(child)  # type: ignore[arg-type]
+            for child in node.get("Plans", []):
+                walk(child)
         walk(plan[0]["Plan"])
         storage = await conn.fetchval(
             "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")

@@ -120,7 +120,8 @@ async def test_events_committed_while_the_listener_is_killed_are_processed(
             assert await conn.fetchval("SELECT pg_terminate_backend($1)", await listener_pid(db_url))
             # Committed while the listener is gone: no NOTIFY reaches anyone.
             await insert_events(conn, [transfer(10 + round_, i, i) for i in range(5)])
-            await wait_for(lambda r=round_: delivered(1 + 5 * (r + 1)), within=20,
+            expected = 1 + 5 * (round_ + 1)
+            await wait_for(lambda n=expected: delivered(n), within=20,  # type: ignore[misc]
                            what="events committed while the listener was disconnected")
         assert await listener_pid(db_url) not in (None, first_pid)
     finally:
