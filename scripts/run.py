@@ -113,6 +113,7 @@ class RecordingPrinter(Printer):
 def demo_environment(base: dict[str, str], *, once: bool, timeout: float,
                      database_url: str) -> dict[str, str]:
     """Prepare the demo (devnet data reset, trigger seeded) and return the processes' env."""
+    anvil_binary = _anvil_binary()  # before touching the database: fail with nothing changed
     anvil_port = _port(None if once else DEFAULT_ANVIL_PORT)
     receiver_port = _port(None if once else DEFAULT_RECEIVER_PORT)
     secret = plan.new_secret()
@@ -122,7 +123,7 @@ def demo_environment(base: dict[str, str], *, once: bool, timeout: float,
     expected = len(plan.expected_values())
     return {
         **base,
-        "ANVIL_BIN": _anvil_binary(),
+        "ANVIL_BIN": anvil_binary,
         "ANVIL_PORT": str(anvil_port),
         "RECEIVER_PORT": str(receiver_port),
         "DEMO_SECRET": secret,
