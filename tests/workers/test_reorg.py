@@ -67,3 +67,17 @@ def test_delivery_of_disabled_action_is_cancelled(
     assert rows.delivery(plain_db_url, delivery_id)["last_error"] == \
         "action or trigger disabled before sending"
     assert receiver.received() == []
+
+
+def test_delivery_whose_event_is_gone_fails_with_the_reason(
+        plain_db_url: str, redis_client: redis.Redis, receiver: Receiver, secret: str,
+        install_runtime: RuntimeFactory, work_until: WorkUntil) -> None:
+    install_runtime(plain_db_url)
+    [delivery_id] = rows.webhook_setup(plain_db_url, hook_url=receiver.url, secret=secret)
+    with rows.connect(plain_db_url) as conn:
+        event_id = conn.execute("DELETE FROM events RETURNING id").fetchone()["id"]  # type: ignore[index]
+    rows.enqueue(redis_client, [delivery_id])
+    work_until(status_is(plain_db_url, delivery_id, "failed", "delivered"))
+    row = rows.delivery(plain_db_url, delivery_id)
+    assert (row["status"], row["last_error"]) == ("failed", f"event {event_id} not found")
+    assert receiver.received() == []

@@ -95,3 +95,23 @@ def test_internal_targets_are_allowed_with_allow_private(
 ])
 def test_address_rules(address: str, refused: bool) -> None:
     assert (refusal_reason(ipaddress.ip_address(address)) is not None) is refused
+
+
+def test_guard_is_applied_again_on_every_attempt(
+        plain_db_url: str, redis_client: redis.Redis, receiver: Receiver,
+        install_runtime: RuntimeFactory, work_until: WorkUntil) -> None:
+    from tests.support.receiver import Step
+
+    install_runtime(plain_db_url, webhook_allow_private=True, webhook_retry_schedule="0.2")
+    receiver.script(Step(status=503))
+    [delivery_id] = rows.webhook_setup(plain_db_url, hook_url=f"http://localhost:{receiver.port}/h")
+    rows.enqueue(redis_client, [delivery_id])
+    work_until(lambda: rows.delivery(plain_db_url, delivery_id)["attempts"] == 1)
+    # The target is no longer acceptable (here: the policy changed; in life: DNS now points
+    # inside). The retry is vetted again, over a fresh connection pool.
+    install_runtime(plain_db_url, webhook_allow_private=False, webhook_retry_schedule="0.2")
+    work_until(lambda: rows.delivery(plain_db_url, delivery_id)["status"] == "failed")
+    row = rows.delivery(plain_db_url, delivery_id)
+    assert row["attempts"] == 2
+    assert row["last_error"].startswith(f"{GUARD}: host localhost resolves to")
+    assert len(receiver.received()) == 1
