@@ -80,14 +80,18 @@ events = Table(
     Column("invalidated", Boolean, nullable=False, server_default=text("false")),
     Column("invalidated_at", DateTime(timezone=True)),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # The partitioning column is part of every unique constraint (TimescaleDB requires it).
-    UniqueConstraint("chain_id", "block_hash", "log_index", "block_time"),
+    # One *valid* row per log. The partitioning column is part of every unique index (TimescaleDB
+    # requires it). Invalidated rows are outside the index, so a log whose block comes back after
+    # a reorg (A -> B -> A) is stored again as a new, valid event with a new id, and fires again;
+    # its invalidated twin keeps its deliveries (and its event.removed).
+    Index("uq_events_log", "chain_id", "block_hash", "log_index", "block_time", unique=True,
+          postgresql_where=text("NOT invalidated")),
     Index(None, "id"),
     Index(None, "chain_id", "block_number"),
 )
 
-# ON CONFLICT target matching ``uq_events_chain_id_block_hash_log_index_block_time``.
-EVENTS_CONFLICT_TARGET = "(chain_id, block_hash, log_index, block_time)"
+# ON CONFLICT target matching ``uq_events_log`` (the predicate is part of the inference).
+EVENTS_CONFLICT_TARGET = "(chain_id, block_hash, log_index, block_time) WHERE NOT invalidated"
 
 blocks = Table(
     "blocks",

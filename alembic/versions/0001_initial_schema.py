@@ -62,9 +62,11 @@ def _create_events() -> None:
         sa.Column("invalidated", sa.Boolean, nullable=False, server_default=sa.text("false")),
         sa.Column("invalidated_at", sa.DateTime(timezone=True)),
         sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-        sa.UniqueConstraint("chain_id", "block_hash", "log_index", "block_time",
-                            name="uq_events_chain_id_block_hash_log_index_block_time"),
     )
+    # One valid row per log; invalidated rows leave the index so an A -> B -> A reorg stores the
+    # returning log again as a new valid event (see core.schema).
+    op.create_index("uq_events_log", "events", ["chain_id", "block_hash", "log_index", "block_time"],
+                    unique=True, postgresql_where=sa.text("NOT invalidated"))
     op.create_index("ix_events_id", "events", ["id"])
     op.create_index("ix_events_chain_id_block_number", "events", ["chain_id", "block_number"])
     bind = op.get_bind()

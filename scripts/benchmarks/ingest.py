@@ -214,7 +214,7 @@ async def run_raw(url: str, rpc_url: str, head: int) -> float:
            data text) ON COMMIT DELETE ROWS""")
     columns = ", ".join(_COLUMNS)
     insert = (f"INSERT INTO events ({columns}) SELECT {columns} FROM raw_staging "
-              "ON CONFLICT (chain_id, block_hash, log_index, block_time) DO NOTHING")
+              "ON CONFLICT (chain_id, block_hash, log_index, block_time) WHERE NOT invalidated DO NOTHING")
     ranges = [(first, min(head, first + RANGE_BLOCKS - 1)) for first in range(0, head + 1, RANGE_BLOCKS)]
     try:
         async with aiohttp.ClientSession() as session:

@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from core.db import sqlalchemy_url
-from core.schema import metadata
+from core.schema import EVENTS_CONFLICT_TARGET, metadata
 from tests.support import databases
 
 ADDRESS = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
@@ -121,17 +121,23 @@ def test_bulk_insert_notifies_once_per_chain(db_url: str) -> None:
     assert batches == [(1, 10_000, 10_000), (2, 10, 10)]
 
 
-def test_reinserting_a_log_is_a_no_op(db_url: str) -> None:
+def test_reinserting_a_log_is_a_no_op_until_it_is_invalidated(db_url: str) -> None:
+    """A valid log is stored once however often it is re-ingested; once invalidated by a reorg,
+    the same log coming back (A -> B -> A) is stored again as a new valid event."""
     when = datetime(2026, 1, 1, tzinfo=UTC)
     row = (1, 5, "0xaa", when, "0xbb", 0, 0, ADDRESS, "0x")
+    insert = f"""INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash,
+                     tx_index, log_index, address, data) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)
+                 ON CONFLICT {EVENTS_CONFLICT_TARGET} DO NOTHING"""
     with psycopg.connect(db_url) as conn:
         for _ in range(2):
-            conn.execute(
-                """INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash,
-                       tx_index, log_index, address, data) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)
-                   ON CONFLICT (chain_id, block_hash, log_index, block_time) DO NOTHING""", row)
-        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+            conn.execute(insert, row)
+        assert conn.execute("SELECT id, invalidated FROM events").fetchall() == [(1, False)]
         conn.execute("UPDATE events SET invalidated = true, invalidated_at = now()")
+        for _ in range(2):
+            conn.execute(insert, row)
+        rows = conn.execute("SELECT invalidated FROM events ORDER BY id").fetchall()
+        assert rows == [(True,), (False,)]
         conn.execute("DELETE FROM events")
 
 
