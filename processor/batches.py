@@ -58,6 +58,9 @@ class ClaimResult:
 
     batches: int = 0
     events: int = 0
+    # More batches may be waiting right now (the claim was cut short or hit its limit). When
+    # False, anything committed since has sent a NOTIFY, so the caller need not claim again.
+    more: bool = False
     delivery_ids: list[int] = field(default_factory=list)
     committed_at: list[datetime] = field(default_factory=list)
 
@@ -103,6 +106,7 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
                 evaluation = Evaluation()
         await conn.execute(_MARK_PROCESSED, [batch["id"] for batch in selected])
         result.batches = len(selected)
+        result.more = len(claimed) == claim_limit or len(selected) < len(claimed)
     return result
 
 

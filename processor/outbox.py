@@ -49,9 +49,12 @@ WHERE NOT EXISTS (SELECT 1 FROM deliveries d
 ON CONFLICT (action_id, event_id) DO NOTHING
 """
 
+# One simple-protocol message, so one round trip: the statements form one implicit transaction,
+# in which SET LOCAL applies. The ids are integers formatted by us (no user text).
 _MARK_QUEUED = """
+SET LOCAL synchronous_commit = off;
 UPDATE deliveries SET status = 'queued', queued_at = now()
-WHERE id = ANY($1::bigint[]) AND status = 'pending'
+WHERE id = ANY('{{{ids}}}'::bigint[]) AND status = 'pending'
 """
 
 # Claimed with SKIP LOCKED so two processors never sweep the same rows; a worker holding a row
@@ -133,11 +136,10 @@ async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
     for moment in committed_at:
         if moment is not None:
             metrics.ENQUEUE_LATENCY.observe(max(0.0, now - moment.timestamp()))
-    async with pool.acquire() as conn, conn.transaction():
-        # pending → queued is only a hint for the sweep: losing it in a server crash means one
-        # duplicate job later, which workers absorb; so this commit need not wait for the flush.
-        await conn.execute("SET LOCAL synchronous_commit = off")
-        await conn.execute(_MARK_QUEUED, list(delivery_ids))
+    # pending → queued is only a hint for the sweep: losing it in a server crash means one
+    # duplicate job later, which workers absorb; so this commit need not wait for the flush.
+    async with pool.acquire() as conn:
+        await conn.execute(_MARK_QUEUED.format(ids=",".join(str(int(i)) for i in delivery_ids)))
     return True
 
 

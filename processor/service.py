@@ -166,6 +166,10 @@ class Processor:
             if claim.delivery_ids:
                 log.debug("batches processed", batches=claim.batches, events=claim.events,
                           deliveries=len(claim.delivery_ids))
+            if not claim.more:
+                # Batches committed meanwhile have notified us, or the sweep finds them; an
+                # extra empty claim here would only delay the next wake-up.
+                break
         return events
 
     async def _enqueue(self, delivery_ids: list[int],
