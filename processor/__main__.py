@@ -12,7 +12,7 @@ from core.db import create_pool
 from core.logging import configure_logging
 from core.metrics import serve_metrics
 from core.settings import ProcessorSettings, load_settings
-from processor.service import Processor
+from processor.service import POOL_SERVER_SETTINGS, Processor
 
 log = structlog.get_logger("processor")
 
@@ -21,7 +21,8 @@ async def main(stop: asyncio.Event) -> None:
     settings = load_settings(ProcessorSettings)
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="processor")
     serve_metrics(settings.metrics_port)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4,
+                             server_settings=POOL_SERVER_SETTINGS)
     # Timeouts keep a dead Redis from hanging the loop: the rows stay pending and are swept.
     redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
                                         socket_timeout=5)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from core.db import create_pool  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
-from processor.service import Processor  # noqa: E402
+from processor.service import POOL_SERVER_SETTINGS, Processor  # noqa: E402
 from processor.signature import parse_event_signature  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
 from tests.e2e.redis_server import RedisServer  # noqa: E402
@@ -210,7 +210,7 @@ async def _prepare(url: str) -> dict[str, Any]:
 
 
 async def _processor_run(url: str, redis_url: str) -> tuple[float, int, int]:
-    pool = await create_pool(url, min_size=2, max_size=4)
+    pool = await create_pool(url, min_size=2, max_size=4, server_settings=POOL_SERVER_SETTINGS)
     client = redis.Redis.from_url(redis_url)
     try:
         processor = Processor(database_url=url, pool=pool, redis_client=client, batch_size=5000,

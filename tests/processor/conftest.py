@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from core.db import create_pool
-from processor.service import Processor
+from processor.service import POOL_SERVER_SETTINGS, Processor
 
 
 class Harness:
@@ -26,7 +26,7 @@ class Harness:
 
 @pytest.fixture
 async def harness(db_url: str, redis_url: str) -> AsyncIterator[Harness]:
-    pool = await create_pool(db_url, min_size=1, max_size=3)
+    pool = await create_pool(db_url, min_size=1, max_size=3, server_settings=POOL_SERVER_SETTINGS)
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
     processor = Processor(database_url=db_url, pool=pool, redis_client=client, batch_size=5000,
                           sweep_interval=1.0)
