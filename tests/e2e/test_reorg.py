@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 
-import pytest
-
 from tests.e2e.chain import TOKEN, TRANSFER
 from tests.e2e.conftest import Pipeline
 from tests.e2e.pipeline import (
@@ -38,7 +36,6 @@ DEPTH = 3
 DEEP = 6
 
 
-@pytest.mark.slow
 def test_reorg_invalidates_corrects_and_respects_confirmations(
         make_pipeline: Callable[..., Pipeline], plain_db_url: str, redis_url: str) -> None:
     # Many attempts so the blocked endpoint is still being retried when the reorg lands.

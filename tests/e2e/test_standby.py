@@ -14,8 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import pytest
-
 from core.db import writer_lock_key
 from tests.e2e.chain import SWAP, SYNC, TOKEN, TRANSFER
 from tests.e2e.conftest import Pipeline
@@ -43,7 +41,6 @@ def _writer_lock_holders(store: Store) -> list[int]:
     return [row["pid"] for row in rows]
 
 
-@pytest.mark.slow
 def test_standbys_take_over_without_loss_or_double_delivery(
         make_pipeline: Callable[..., Pipeline], plain_db_url: str, redis_url: str) -> None:
     pipeline = make_pipeline(database_url=plain_db_url, redis_url=redis_url)
