@@ -1,4 +1,4 @@
-"""Benchmarks (never timed tests): ``python scripts/bench.py {ingest,processor,deliver,latency,replay,all}
+"""Benchmarks (never timed tests): ``python scripts/bench.py {ingest,processor,deliver,latency,replay,recovery,all}
 [--json]``. Each subcommand starts what it needs (anvil devnet, a throwaway database), runs the
 services' real code paths and a raw baseline on the same data in the same run, and prints one line
 per figure: value, baseline, ratio, bar, PASS/FAIL."""
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.benchmarks.report import Figure  # noqa: E402
 
-SUBCOMMANDS = ("ingest", "processor", "deliver", "latency", "replay")
+SUBCOMMANDS = ("ingest", "processor", "deliver", "latency", "replay", "recovery")
 
 
 def _machine() -> dict[str, object]:
