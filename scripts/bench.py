@@ -1,47 +1,103 @@
-"""Benchmarks (never timed tests): ``python scripts/bench.py {ingest,processor,deliver,latency,replay,recovery,all}
-[--json]``. Each subcommand starts what it needs (anvil devnet, a throwaway database), runs the
-services' real code paths and a raw baseline on the same data in the same run, and prints one line
-per figure: value, baseline, ratio, bar, PASS/FAIL."""
+"""Benchmarks (never timed tests): ``python scripts/bench.py
+{ingest,processor,deliver,latency,replay,recovery,all} [--json] [--backend plain|timescale|both]``.
+
+Each subcommand starts what it needs (anvil devnet, a throwaway database or cluster, a
+redis-server of its own), runs the services' real code paths and a raw baseline on the same data
+in the same run, and prints one line per figure: value, baseline, ratio, bar, PASS/FAIL. With
+``--json`` the lines go to stderr and stdout carries one JSON document: the machine (cores,
+memory, versions), and per subcommand its figures, its wall time and the load average before and
+after it (the machine may be shared: a figure taken at load 4 on 2 cores is not one taken idle).
+``python scripts/bench.py all --json > bench.json`` writes the committed result file."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from scripts.benchmarks.report import Figure  # noqa: E402
 
 SUBCOMMANDS = ("ingest", "processor", "deliver", "latency", "replay", "recovery")
 
 
-def _machine() -> dict[str, object]:
+def _command_output(*argv: str) -> str | None:
+    try:
+        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def _load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were taken on: a figure means little without it."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cores": os.cpu_count(), "memory_gib": round(memory, 1), "python": platform.python_version()}
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(), "memory_gib": round(memory, 1), "cpu": cpu_model,
+        "python": platform.python_version(), "kernel": platform.release(),
+        "postgres": _command_output("/usr/lib/postgresql/15/bin/postgres", "--version"),
+        "redis": _command_output("redis-server", "--version"),
+        "commit": _command_output("git", "rev-parse", "--short", "HEAD"),
+    }
+
+
+def run_subcommand(name: str, backend: str, *, lines_to: Any) -> dict[str, Any]:
+    """Run one benchmark module; print its figure lines to ``lines_to``; return its record."""
+    module = importlib.import_module(f"scripts.benchmarks.{name}")
+    load_before, started = _load(), time.monotonic()
+    # Benchmarks print progress and skips; with --json stdout must carry the JSON alone.
+    with contextlib.redirect_stdout(lines_to):
+        figures: list[Figure] = module.run(backend=backend)
+    seconds, load_after = time.monotonic() - started, _load()
+    for figure in figures:
+        print(figure.line(), file=lines_to, flush=True)
+    print(f"[{name}: {seconds:.0f} s; load average (1/5/15 min) before {load_before}, "
+          f"after {load_after}]", file=lines_to, flush=True)
+    return {"seconds": round(seconds, 1), "load_before": load_before, "load_after": load_after,
+            "figures": [figure.as_dict() for figure in figures]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=(*SUBCOMMANDS, "all"))
-    parser.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    parser.add_argument("--json", action="store_true",
+                        help="print results as JSON on stdout (figure lines go to stderr)")
     parser.add_argument("--backend", choices=("plain", "timescale", "both"), default="both",
-                        help="storage backend for ingest/processor")
+                        help="storage backend(s) to measure, side by side (default both; "
+                             "deliver ignores it)")
     args = parser.parse_args()
     selected = SUBCOMMANDS if args.which == "all" else (args.which,)
-    results: dict[str, list[dict[str, object]]] = {}
-    for name in selected:
-        module = importlib.import_module(f"scripts.benchmarks.{name}")
-        figures: list[Figure] = module.run(backend=args.backend)
-        results[name] = [figure.as_dict() for figure in figures]
-        for figure in figures:
-            print(figure.line(), file=sys.stderr if args.json else sys.stdout, flush=True)
+    lines_to = sys.stderr if args.json else sys.stdout
+    taken_at = datetime.now(UTC).isoformat(timespec="seconds")
+    results = {name: run_subcommand(name, args.backend, lines_to=lines_to) for name in selected}
     if args.json:
-        print(json.dumps({"machine": _machine(), "results": results}, indent=2))
+        document = {"taken_at": taken_at, "backend": args.backend, "machine": machine(),
+                    "results": results}
+        print(json.dumps(document, indent=2, allow_nan=True))
 
 
 if __name__ == "__main__":

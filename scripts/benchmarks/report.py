@@ -1,8 +1,17 @@
-"""Figures: value, baseline, ratio, bar, PASS/FAIL — printed one per line, or collected as JSON."""
+"""Figures: value, baseline, ratio, bar, PASS/FAIL — printed one per line, or collected as JSON.
+
+A figure without a bar is informational (a baseline, a breakdown); ``passed`` is then ``None``.
+A value that could not be measured is NaN: it prints as ``n/a``, fails its bar, and is ``null``
+in JSON (NaN is not JSON)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 @dataclass
@@ -14,29 +23,49 @@ class Figure:
     bar: float | None = None
     higher_is_better: bool = True
     note: str = ""
+    goal: float | None = None
 
     @property
     def ratio(self) -> float | None:
-        if not self.baseline:
+        """value / baseline (``None`` without a usable baseline)."""
+        if not self.baseline or _finite(self.baseline) is None or _finite(self.value) is None:
             return None
         return self.value / self.baseline
 
+    def _meets(self, threshold: float | None) -> bool | None:
+        if threshold is None:
+            return None
+        if _finite(self.value) is None:
+            return False
+        return self.value >= threshold if self.higher_is_better else self.value <= threshold
+
     @property
     def passed(self) -> bool | None:
-        if self.bar is None:
-            return None
-        return self.value >= self.bar if self.higher_is_better else self.value <= self.bar
+        return self._meets(self.bar)
+
+    @property
+    def goal_met(self) -> bool | None:
+        return self._meets(self.goal)
 
     def line(self) -> str:
-        parts = [f"{self.name:<44} {self.value:>12,.2f} {self.unit:<8}"]
+        value = "n/a" if _finite(self.value) is None else f"{self.value:,.2f}"
+        parts = [f"{self.name:<52} {value:>12} {self.unit:<8}"]
         if self.baseline is not None:
-            parts.append(f"baseline {self.baseline:>12,.2f}  ratio {self.ratio or 0:>5.2f}x")
+            ratio = "n/a" if self.ratio is None else f"{self.ratio:.2f}x"
+            baseline = "n/a" if _finite(self.baseline) is None else f"{self.baseline:,.2f}"
+            parts.append(f"baseline {baseline:>12}  ratio {ratio:>6}")
+        op = ">=" if self.higher_is_better else "<="
         if self.bar is not None:
-            op = ">=" if self.higher_is_better else "<="
             parts.append(f"bar {op} {self.bar:,.2f}  {'PASS' if self.passed else 'FAIL'}")
+        if self.goal is not None:
+            parts.append(f"goal {op} {self.goal:,.2f} {'met' if self.goal_met else 'not met'}")
         if self.note:
             parts.append(f"({self.note})")
         return "  ".join(parts)
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "ratio": self.ratio, "passed": self.passed}
+        record = {**asdict(self), "ratio": self.ratio, "passed": self.passed,
+                  "goal_met": self.goal_met}
+        for key in ("value", "baseline"):
+            record[key] = _finite(record[key])  # type: ignore[arg-type]
+        return record
