@@ -68,7 +68,8 @@ class RecordingSource:
 
 async def new_log_deliveries(conn: asyncpg.Connection, recording: RecordingSource,
                              registry: TriggerRegistry) -> dict[int, int]:
-    """Trigger id → deliveries the not-yet-stored candidate logs would create."""
+    """Trigger id → deliveries the candidate logs not stored as valid events would create (an
+    invalidated twin does not count: the returning log is stored again as a new event)."""
     candidates = recording.canonical_candidates()
     if not candidates:
         return {}
@@ -76,7 +77,7 @@ async def new_log_deliveries(conn: asyncpg.Connection, recording: RecordingSourc
         """SELECT e.block_hash, e.log_index FROM events e
            JOIN unnest($2::text[], $3::int[], $4::timestamptz[]) AS c(block_hash, log_index, t)
              ON e.block_hash = c.block_hash AND e.log_index = c.log_index AND e.block_time = c.t
-           WHERE e.chain_id = $1""",
+           WHERE e.chain_id = $1 AND NOT e.invalidated""",
         recording.chain, [log.block_hash for log, _ in candidates],
         [log.log_index for log, _ in candidates], [time for _, time in candidates])
     have = {(row["block_hash"], row["log_index"]) for row in stored}
