@@ -134,8 +134,9 @@ def demo_environment(base: dict[str, str], *, once: bool, timeout: float,
         "CONFIRMATIONS": "0",
         "WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on loopback
         "WEBHOOK_RETRY_SCHEDULE": "1,2,5,10",
-        # The one-shot run mines on demand (fast); the interactive one like a chain, every second.
-        "ANVIL_ARGS": "" if once else "--block-time 1",
+        # anvil mines a block per transaction: quiet logs, immediate receipts. ANVIL_ARGS in the
+        # environment (e.g. "--block-time 1" for a chain that moves on its own) is passed on.
+        "ANVIL_ARGS": base.get("ANVIL_ARGS", ""),
         "RECEIVER_ARGS": f"--exit-after {expected}" if once else "",
         "DEMO_ARGS": f"--once --timeout {timeout:.0f}" if once else "",
     }
