@@ -256,3 +256,34 @@ def test_interrupted_replay_resumes_where_it_stopped(ops_pipeline: OpsPipeline) 
     summary = json.loads(resumed.stdout)
     assert summary["resumed_from"] == stopped_at + 1 and summary["blocks"] == head + 1
     assert not state_files[0].exists(), "a completed replay forgets its resume state"
+
+
+def test_replay_handles_divergent_blocks_as_a_reorg(ops_pipeline: OpsPipeline) -> None:
+    """The indexer is down while the chain reorganises; replay finds the stored blocks that are
+    no longer canonical, invalidates their events, records the reorg, and the receiver gets one
+    ``event.removed`` per webhook already sent for them."""
+    p = ops_pipeline
+    hook, _, matching, head = _ingest_and_deliver(p)
+    orphaned = [log for log in matching if log.block_number > head - 2]
+    assert len(orphaned) == 2, "the last two blocks each hold one matching transfer"
+    p.chain.reorg(2)  # the last two blocks replaced by empty ones
+    assert p.chain.head() == head
+
+    summary = p.replay_json("--chain-id", str(CHAIN_ID), "--from-block", "0",
+                            "--to-block", str(head))
+    assert summary["events_invalidated"] == 2 and summary["logs_added"] == 0
+    assert summary["divergent_blocks"] == [head - 1, head]
+    reorgs = p.store.rows("SELECT depth, common_ancestor, events_invalidated FROM reorgs")
+    assert reorgs == [{"depth": 2, "common_ancestor": head - 2, "events_invalidated": 2}]
+    canonical = p.chain.logs(0, head)
+    assert_stored_exactly_once(p.store, canonical)
+    assert p.store.checkpoint() == head
+
+    rows = wait_deliveries(p.store, {(hook.action_id, "removed", log.key) for log in orphaned},
+                           timeout=30, supervisor=p.services)
+    removed = [row for row in rows if row.kind == "removed"]
+    received = wait_received(p.receiver, {row.webhook_id for row in removed}, timeout=30,
+                             supervisor=p.services)
+    bodies = [r["body"] for r in received if r["webhook_id"] in {row.webhook_id for row in removed}]
+    assert sorted((b["type"], b["event"]["block_hash"], b["event"]["log_index"]) for b in bodies) \
+        == sorted(("event.removed", *log.key) for log in orphaned)
