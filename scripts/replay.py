@@ -349,8 +349,12 @@ def render(summary: Summary, console: Console) -> None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/replay.py", description=__doc__.split("\n\n")[1].replace("\n", " "),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python scripts/replay.py",
+        description="Re-ingest a block range from the chain (the indexer's code path); "
+                    "optionally fire a new trigger's history (--refire).",
+        epilog="While an indexer for the chain runs, replay waits for its writer lock: stop the "
+               "indexer, replay, start it again. Ctrl-C stops after the current range; the same "
+               "command resumes. See docs/operations.md.")
     parser.add_argument("--chain-id", type=int, required=True,
                         help="the chain to replay; the node at RPC_URL must report it")
     parser.add_argument("--from-block", type=int, required=True)
@@ -358,7 +362,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="last block (default: head - CONFIRMATIONS)")
     parser.add_argument("--refire", action="store_true",
                         help="then fire (action, event) pairs never delivered before")
-    parser.add_argument("--dry-run", action="store_true", help="print what would happen, write nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would happen, write nothing")
     parser.add_argument("--rpc-url", default=None, help="the node (default: RPC_URL)")
     parser.add_argument("--restart", action="store_true",
                         help="ignore what an interrupted earlier run saved")

@@ -143,7 +143,10 @@ def demo_environment(base: dict[str, str], *, once: bool, timeout: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="make run ARGS=… (python scripts/run.py)",
+        description="Create and migrate the database, then run the pipeline under honcho: the "
+                    "local demo without RPC_URL, the pipeline against RPC_URL otherwise.")
     parser.add_argument("--once", action="store_true",
                         help="run the scripted demo; exit 0 once a signed webhook was verified")
     parser.add_argument("--timeout", type=float, default=45.0,

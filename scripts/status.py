@@ -149,7 +149,10 @@ def render(report: StatusReport, console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python scripts/status.py",
+        description="Per chain: node head, checkpoint, lag, events, last reorg, processor "
+                    "backlog; the delivery queue; deliveries of the last hour; invalid triggers.")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--rpc-url", action="append", dest="rpc_urls", metavar="URL",
                         help="a node to ask for its chain id and head (repeatable; "
