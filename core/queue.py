@@ -11,12 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 
 QUEUE_NAME = "blockhook-deliveries"
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 JOB_BATCH_SIZE = 50
 JOB_TIMEOUT_SECONDS = 600
+# A job that raises (its database went away mid-batch, say) is run again by RQ's scheduler after
+# these pauses, so a Postgres restart delays deliveries by seconds, not until the processor's
+# lost-job sweep. Webhook failures never raise: they are scheduled by the worker itself.
+JOB_RETRY_INTERVALS = (1, 2, 5, 10, 30, 60)
+JOB_RETRY_MAX = 30
+
+
+def job_retry() -> Retry:
+    return Retry(max=JOB_RETRY_MAX, interval=list(JOB_RETRY_INTERVALS))
 
 
 def delivery_queue(redis: Redis) -> Queue:
@@ -32,7 +41,8 @@ def enqueue_deliveries(redis: Redis, delivery_ids: Sequence[int], *,
     queue = delivery_queue(redis)
     jobs = [
         Queue.prepare_data(JOB_FUNCTION, args=(list(delivery_ids[i:i + batch_size]),),
-                           timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400)
+                           timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400,
+                           retry=job_retry())
         for i in range(0, len(delivery_ids), batch_size)
     ]
     with redis.pipeline() as pipe:

@@ -24,7 +24,13 @@ import structlog
 from rq import Queue
 
 from core import db
-from core.queue import JOB_FUNCTION, JOB_TIMEOUT_SECONDS, delivery_queue, enqueue_deliveries
+from core.queue import (
+    JOB_FUNCTION,
+    JOB_TIMEOUT_SECONDS,
+    delivery_queue,
+    enqueue_deliveries,
+    job_retry,
+)
 from core.settings import WorkerSettings, load_settings
 from workers import metrics
 from workers.attempt import RetryPolicy
@@ -145,7 +151,8 @@ class Runtime:
                   lock_retries: int = 0) -> None:
         kwargs = {"lock_retries": lock_retries} if lock_retries else {}
         job = self.queue.create_job(JOB_FUNCTION, args=(ids,), kwargs=kwargs,
-                                    timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400)
+                                    timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400,
+                                    retry=job_retry())
         # RQ keeps whole seconds (it truncates): round up so the job is never early.
         self.queue.schedule_job(job, datetime.fromtimestamp(math.ceil(due), UTC), pipeline=pipe)
 

@@ -163,10 +163,6 @@ def test_redis_outage_delays_deliveries_without_losing_them(
     assert min(r["received_at"] for r in arrivals) >= outage_ended - 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug (docs/e2e.md, 'Found'): after a database restart the worker's first job runs on a "
-    "stale pooled connection (workers/batch.py: AdminShutdownError), fails in RQ, and its rows "
-    "wait for the processor's 60 s lost-job sweep (processor/outbox.py STALE_QUEUED_SECONDS)"))
 def test_postgres_restart_delays_new_deliveries_by_seconds_not_a_minute(
         make_pipeline: Callable[..., Pipeline], restartable_cluster: PgCluster,
         cluster_database: str, redis_url: str) -> None:
