@@ -124,6 +124,11 @@ class Store:
 # ----------------------------------------------------------------- bounded waits
 
 
+class WaitTimeout(AssertionError):
+    """A bounded wait ran out: what was awaited never happened (the message says what is
+    missing). Distinct from ``ServiceExited``, a service dying on its own."""
+
+
 def wait_until(check: Callable[[], tuple[bool, str]], *, timeout: float, what: str,
                supervisor: Supervisor | None = None, interval: float = 0.25) -> None:
     """Poll ``check`` (→ done, progress) until done; on timeout fail with ``what``, the last
@@ -142,7 +147,7 @@ def wait_until(check: Callable[[], tuple[bool, str]], *, timeout: float, what: s
             supervisor.assert_running()
         if time.monotonic() > deadline:
             report = f"\n{supervisor.report()}" if supervisor else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {progress}{report}")
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}: {progress}{report}")
         time.sleep(interval)
 
 
