@@ -19,7 +19,7 @@ import redis
 import structlog
 
 from processor import metrics
-from processor.batches import process_batches
+from processor.batches import process_batches, prune_processed_batches
 from processor.confirmations import ripen_deferred
 from processor.corrections import correct_reorgs
 from processor.listener import Backoff, Wakeups, listen, sleep_or_stop
@@ -29,13 +29,10 @@ from processor.registry import TriggerRegistry, load_registry
 log = structlog.get_logger(__name__)
 
 REDIS_RETRY_SECONDS = 5.0
+PRUNE_INTERVAL_SECONDS = 300.0
 
-# Session settings of the processor's pool. Custom plans always: on a hypertable a generic plan
-# cannot exclude chunks at plan time, and the one Postgres builds after five executions of a
-# prepared statement (to compare costs) took ~100 ms with 500 chunks — a latency spike per
-# connection and statement, for a plan that is then never used.
-POOL_SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan",
-                        "application_name": "blockhook-processor"}
+# Custom plans come with every core.db connection (see core.db.SESSION_SETTINGS).
+POOL_SERVER_SETTINGS = {"application_name": "blockhook-processor"}
 TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
              redis.RedisError)
 
@@ -59,6 +56,7 @@ class Processor:
         self.wakeups = Wakeups()
         self._registry_stale = True
         self._redis_retry_at = 0.0
+        self._next_prune = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; returns after finishing the current unit of work.
@@ -146,6 +144,11 @@ class Processor:
         await self.correct(recheck=True)
         await sweep_outbox(self.pool, self.redis)
         async with self.pool.acquire() as conn:
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+                pruned = await prune_processed_batches(conn)
+                if pruned:
+                    log.info("pruned processed event batches", batches=pruned)
             lag = await conn.fetchrow(_LAG)
         metrics.BATCH_LAG_BATCHES.set(lag["batches"])
         metrics.BATCH_LAG_EVENTS.set(lag["events"])

@@ -235,10 +235,12 @@ def _create_functions_and_triggers() -> None:
                        min(block_time) AS min_time, max(block_time) AS max_time, count(*) AS n
                 FROM new_events GROUP BY chain_id
             LOOP
+                -- clock_timestamp(): as close to the commit as SQL can see (now() would be
+                -- the writer's transaction start); the processor's latency figures start here.
                 INSERT INTO event_batches (chain_id, first_id, last_id, min_block_time,
-                                           max_block_time, row_count)
+                                           max_block_time, row_count, created_at)
                 VALUES (batch.chain_id, batch.first_id, batch.last_id, batch.min_time,
-                        batch.max_time, batch.n);
+                        batch.max_time, batch.n, clock_timestamp());
                 PERFORM pg_notify('blockhook_events', batch.chain_id::text);
             END LOOP;
             RETURN NULL;
