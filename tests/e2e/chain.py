@@ -10,7 +10,7 @@ one block so streams mix one-log and many-log blocks.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,7 +187,8 @@ class Chain:
     def head(self) -> int:
         return int(self.rpc("eth_blockNumber"), 16)
 
-    def reorg(self, depth: int, replacement_txs: list[tuple[dict[str, Any], int]] = ()) -> None:  # type: ignore[assignment]
+    def reorg(self, depth: int,
+              replacement_txs: Sequence[tuple[dict[str, Any], int]] = ()) -> None:
         """``anvil_reorg``: replace the last ``depth`` blocks; ``replacement_txs`` are
         ``(tx, block offset)`` pairs mined into the new blocks."""
         self.rpc("anvil_reorg", depth, [[tx, offset] for tx, offset in replacement_txs])
@@ -230,7 +231,8 @@ class Chain:
                "transactionHash": HexBytes(entry["transactionHash"]),
                "transactionIndex": int(entry["transactionIndex"], 16),
                "logIndex": int(entry["logIndex"], 16)}
-        for event_abi in contract.abi:
+        for element in contract.abi:
+            event_abi: dict[str, Any] = dict(element)
             if event_abi.get("type") != "event":
                 continue
             event = contract.events[event_abi["name"]]()

@@ -86,7 +86,8 @@ def test_reorg_invalidates_corrects_and_respects_confirmations(
     # The new branch: three blocks, the middle one carrying a mint the old branch never had.
     chain.reorg(DEPTH, [(chain.call_tx(chain.token_a, "mint", alice, 9 * TOKEN), 1)])
     assert chain.head() == head
-    wait_until(lambda: (bool(store.rows("SELECT 1 FROM reorgs")), "no reorgs row"), timeout=10,
+    # Detected within a poll or two of the indexer (POLL_INTERVAL=0.2): 5 s is generous.
+    wait_until(lambda: (bool(store.rows("SELECT 1 FROM reorgs")), "no reorgs row"), timeout=5,
                what="the reorg to be detected", supervisor=pipeline.services)
     chain.mine(DEEP + 1)
     new_head = chain.head()
