@@ -15,8 +15,13 @@ from rq import Queue, Retry
 
 QUEUE_NAME = "blockhook-deliveries"
 JOB_FUNCTION = "workers.jobs.deliver_batch"
-JOB_BATCH_SIZE = 50
-JOB_TIMEOUT_SECONDS = 600
+# RQ costs ~27 Redis round trips per job whatever its size; 200 ids per job took the delivery
+# benchmark from ~1,100-1,800 to ~2,000-2,300 deliveries/s (2 workers) and worker CPU from ~340 to
+# ~265 µs per delivery (docs/benchmarks.md). A job is sent in WORKER_BATCH_SIZE chunks.
+JOB_BATCH_SIZE = 200
+# Backstop for a stuck job: 4 chunks of the default WORKER_BATCH_SIZE (50), each bounded by the
+# action timeout cap (300 s), plus margin.
+JOB_TIMEOUT_SECONDS = 1500
 # A job that raises (its database went away mid-batch, say) is run again by RQ's scheduler after
 # these pauses, so a Postgres restart delays deliveries by seconds, not until the processor's
 # lost-job sweep. Webhook failures never raise: they are scheduled by the worker itself.

@@ -81,7 +81,7 @@ def _prepare_queue(redis_url: str) -> None:
         queue = Queue(QUEUE_NAME, connection=redis)
         queue.enqueue("operator.truediv", 1, 0)
         SimpleWorker([queue], connection=redis).work(burst=True)
-        assert enqueue_deliveries(redis, list(range(1, 121))) == 3
+        assert enqueue_deliveries(redis, list(range(1, 121)), batch_size=50) == 3
     finally:
         redis.close()
 
