@@ -7,7 +7,9 @@ in the same run, and prints one line per figure: value, baseline, ratio, bar, PA
 ``--json`` the lines go to stderr and stdout carries one JSON document: the machine (cores,
 memory, versions), and per subcommand its figures, its wall time and the load average before and
 after it (the machine may be shared: a figure taken at load 4 on 2 cores is not one taken idle).
-``python scripts/bench.py all --json > bench.json`` writes the committed result file."""
+``python scripts/bench.py all --json > bench.json`` writes the committed result file;
+``python scripts/bench.py --table bench.json`` prints it as the Markdown table of
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.benchmarks.report import Figure  # noqa: E402
+from scripts.benchmarks.report import Figure, markdown_table  # noqa: E402
 
 SUBCOMMANDS = ("ingest", "processor", "deliver", "latency", "replay", "recovery")
 
@@ -83,13 +85,20 @@ def run_subcommand(name: str, backend: str, *, lines_to: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=(*SUBCOMMANDS, "all"))
+    parser.add_argument("which", nargs="?", choices=(*SUBCOMMANDS, "all"))
     parser.add_argument("--json", action="store_true",
                         help="print results as JSON on stdout (figure lines go to stderr)")
     parser.add_argument("--backend", choices=("plain", "timescale", "both"), default="both",
                         help="storage backend(s) to measure, side by side (default both; "
                              "deliver ignores it)")
+    parser.add_argument("--table", metavar="RESULT_JSON",
+                        help="print a result file's figures as a Markdown table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())), end="")
+        return
+    if args.which is None:
+        parser.error("choose a benchmark (or --table RESULT_JSON)")
     selected = SUBCOMMANDS if args.which == "all" else (args.which,)
     lines_to = sys.stderr if args.json else sys.stdout
     taken_at = datetime.now(UTC).isoformat(timespec="seconds")

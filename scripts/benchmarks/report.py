@@ -69,3 +69,37 @@ class Figure:
         for key in ("value", "baseline"):
             record[key] = _finite(record[key])  # type: ignore[arg-type]
         return record
+
+
+def _number(value: object, unit: str = "") -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return "—"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    return f"{text} {unit}".strip()
+
+
+def markdown_table(document: dict[str, object]) -> str:
+    """The figures of a ``bench.py --json`` result file as a Markdown table (docs/benchmarks.md):
+    value, baseline, ratio, bar, PASS/FAIL, goal; then the load average around each subcommand."""
+    lines = ["| benchmark | figure | value | baseline | ratio | bar | result | goal |",
+             "|---|---|--:|--:|--:|--:|---|---|"]
+    loads = []
+    results = document.get("results", {})
+    assert isinstance(results, dict)
+    for name, record in results.items():
+        for figure in record["figures"]:
+            op = ">=" if figure["higher_is_better"] else "<="
+            unit = figure["unit"]
+            verdict = {True: "PASS", False: "**FAIL**", None: "—"}[figure["passed"]]
+            goal = "—"
+            if figure.get("goal") is not None:
+                goal = f"{op} {_number(figure['goal'])} " + ("met" if figure["goal_met"] else "not met")
+            bar = "—" if figure["bar"] is None else f"{op} {_number(figure['bar'], unit)}"
+            ratio = "—" if figure["ratio"] is None else f"{figure['ratio']:.2f}x"
+            lines.append(f"| {name} | {figure['name']} | {_number(figure['value'], unit)} | "
+                         f"{_number(figure['baseline'], unit)} | {ratio} | {bar} | {verdict} | "
+                         f"{goal} |")
+        loads.append(f"{name}: {record['seconds']:.0f} s, load {record['load_before'][0]:.1f} → "
+                     f"{record['load_after'][0]:.1f}")
+    return "\n".join(lines) + "\n\nLoad average (1 min) before → after each subcommand: " + \
+        "; ".join(loads) + ".\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from scripts.bench import SUBCOMMANDS, machine
-from scripts.benchmarks.report import Figure
+from scripts.benchmarks.report import Figure, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +33,7 @@ def test_help_lists_every_subcommand_and_option() -> None:
 
 
 def test_unknown_subcommand_or_backend_is_refused() -> None:
+    assert _bench().returncode == 2
     assert _bench("nonsense").returncode == 2
     assert _bench("latency", "--backend", "mysql").returncode == 2
 
@@ -75,3 +76,20 @@ def test_unmeasured_figure_fails_its_bar_and_is_null_in_json() -> None:
     assert "n/a" in missing.line() and "FAIL" in missing.line()
     record = json.loads(json.dumps(missing.as_dict(), allow_nan=False))
     assert record["value"] is None and record["baseline"] is None and record["passed"] is False
+
+
+def test_result_file_renders_as_a_markdown_table(tmp_path: Path) -> None:
+    figures = [Figure("latency p99", 1300.0, "ms", baseline=650.0, bar=1200.0,
+                      higher_is_better=False),
+               Figure("burst", 900.0, "events/s", goal=2500.0)]
+    document = {"machine": machine(), "results": {"latency": {
+        "seconds": 312.0, "load_before": [2.5, 2.0, 1.5], "load_after": [3.25, 2.0, 1.5],
+        "figures": [figure.as_dict() for figure in figures]}}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(document))
+    table = markdown_table(json.loads(path.read_text()))
+    assert "| latency | latency p99 | 1,300 ms | 650 ms | 2.00x | <= 1,200 ms | **FAIL** | — |" in table
+    assert "| latency | burst | 900 events/s | — | — | — | — | >= 2,500 not met |" in table
+    assert "latency: 312 s, load 2.5 → 3.2" in table
+    result = _bench("--table", str(path))
+    assert result.returncode == 0 and result.stdout == table
