@@ -408,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = asyncio.run(run())
-    except asyncio.CancelledError:
-        stderr.print("aborted: the open range rolled back; run the same command to resume")
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # A second Ctrl-C (or one after the loop ended): whatever range was open rolled back;
+        # the saved position is that of the last committed range.
+        stderr.print("aborted: run the same command to resume")
         return INTERRUPTED_EXIT
     except PermanentError as error:
         print(f"replay: {error}", file=sys.stderr)
