@@ -1,7 +1,8 @@
 """``python -m workers [--burst]``: the webhook delivery worker (SPEC §2).
 
 A non-forking RQ worker (``SimpleWorker``: per-job fork overhead would cap throughput at ~75
-jobs/s) on queue ``blockhook-deliveries``, running RQ's scheduler for delayed retries. SIGTERM or
+jobs/s) on queue ``blockhook-deliveries``; due retries are promoted by every worker process
+(:mod:`workers.promoter`), not by RQ's lock-guarded singleton scheduler. SIGTERM or
 SIGINT: finish the current job, exit 0 (RQ's warm shutdown); a second signal stops at once.
 Bad configuration or an unreachable database/Redis: one line on stderr, exit 1 (2 for invalid
 settings).
@@ -24,6 +25,7 @@ from core.metrics import serve_metrics
 from core.queue import delivery_queue
 from core.settings import WorkerSettings, load_settings
 from workers import runtime
+from workers.promoter import Promoter, promote_due_jobs
 
 log = structlog.get_logger(__name__)
 
@@ -60,9 +62,17 @@ def main(argv: list[str] | None = None) -> int:
              allow_private=settings.webhook_allow_private)
     # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.
     rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+    queue = delivery_queue(redis_client)
+    promoter = Promoter(queue)
+    if args.burst:
+        promote_due_jobs(queue)  # what is due now joins this burst; later retries do not
+    else:
+        promoter.start()
     try:
-        worker.work(burst=args.burst, with_scheduler=True, logging_level=rq_level)
+        worker.work(burst=args.burst, logging_level=rq_level)
     finally:
+        if not args.burst:
+            promoter.stop()
         runtime.close()
     log.info("worker stopped")
     return 0

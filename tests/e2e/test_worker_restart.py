@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 import redis
 from rq import Worker
 
 from core.queue import delivery_queue
 from tests.e2e.chain import TOKEN, TRANSFER
 from tests.e2e.conftest import Pipeline
-from tests.e2e.pipeline import WaitTimeout, wait_deliveries, wait_received, wait_until
+from tests.e2e.pipeline import wait_deliveries, wait_received, wait_until
 
 
 def _workers(redis_url: str) -> list[Worker]:
@@ -27,10 +26,6 @@ def _workers(redis_url: str) -> list[Worker]:
         client.close()
 
 
-@pytest.mark.xfail(strict=True, raises=WaitTimeout, reason=(
-    "known bug (docs/e2e.md, 'Found'): retries are RQ scheduled jobs, and after a worker is "
-    "killed its RQ scheduler lock (rq:scheduler-lock:blockhook-deliveries, TTL 61 s) still names "
-    "the dead worker, so the restarted worker's scheduler does not run and due retries wait ~60 s"))
 def test_retry_after_a_worker_crash_is_not_held_back(
         make_pipeline: Callable[..., Pipeline], plain_db_url: str, redis_url: str) -> None:
     pipeline = make_pipeline(database_url=plain_db_url, redis_url=redis_url)

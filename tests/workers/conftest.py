@@ -16,6 +16,7 @@ from core.settings import WorkerSettings
 from tests.support.receiver import Receiver
 from tests.workers import rows
 from workers import runtime as worker_runtime
+from workers.promoter import promote_due_jobs
 from workers.runtime import Runtime
 
 SHORT_SCHEDULE = "0.5,1"
@@ -75,14 +76,16 @@ WorkUntil = Callable[..., None]
 
 @pytest.fixture
 def work_until(redis_client: redis.Redis) -> WorkUntil:
-    """Run RQ ``SimpleWorker`` bursts (with the scheduler) until ``done()`` holds: the
-    in-process equivalent of a worker that keeps running while retries come due."""
+    """Run RQ ``SimpleWorker`` bursts, promoting due retries before each (as
+    ``python -m workers`` does continuously), until ``done()`` holds: the in-process equivalent
+    of a worker that keeps running while retries come due."""
 
     def work(done: Callable[[], bool], *, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         queue = delivery_queue(redis_client)
         while True:
-            SimpleWorker([queue], connection=redis_client).work(burst=True, with_scheduler=True)
+            promote_due_jobs(queue)
+            SimpleWorker([queue], connection=redis_client).work(burst=True)
             if done():
                 return
             if time.monotonic() > deadline:
