@@ -2,7 +2,9 @@
 
 A worker is ``kill -9``-ed and started again (as a process supervisor or an orchestrator would);
 then an endpoint answers 503 once. The retry is due 0.5 s later and must be attempted within
-seconds — not after the dead worker's RQ scheduler lock expires.
+seconds — not after the dead worker's RQ scheduler lock expires, as it did until 221345b (this
+test was the strict-xfail reproduction: "1 scheduled" for ~61 s, two workers registered, one of
+them dead).
 """
 
 from __future__ import annotations
