@@ -33,9 +33,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # prepared statement (to compare costs) took ~100 ms with 500 chunks — a latency spike per
 # connection and statement, for a plan that is then never used.
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+# asyncpg waits 60 s for a connection by default; during a server restart that stalls recovery.
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 def _server_settings(kwargs: dict[str, Any]) -> dict[str, str]:
+    kwargs.setdefault("timeout", CONNECT_TIMEOUT_SECONDS)
     return {**SESSION_SETTINGS, **(kwargs.pop("server_settings", None) or {})}
 
 
@@ -46,7 +49,7 @@ async def connect(database_url: str, **kwargs: Any) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(asyncpg_dsn(database_url), server_settings=settings, **kwargs)
     except (OSError, asyncpg.PostgresError) as error:
-        raise ConfigError(f"cannot connect to the database: {error}") from error
+        raise ConfigError(f"cannot connect to the database: {str(error) or repr(error)}") from error
     await _init_connection(conn)
     return conn
 
@@ -61,7 +64,7 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 4
                                          max_size=max_size, init=_init_connection,
                                          server_settings=settings, **kwargs)
     except (OSError, asyncpg.PostgresError) as error:
-        raise ConfigError(f"cannot connect to the database: {error}") from error
+        raise ConfigError(f"cannot connect to the database: {str(error) or repr(error)}") from error
     assert pool is not None
     return pool
 

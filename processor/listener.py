@@ -94,7 +94,7 @@ async def listen(database_url: str, wakeups: Wakeups, stop: asyncio.Event, *,
                                          server_settings={"application_name": APPLICATION_NAME})
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
             delay = backoff.next_delay()
-            log.warning("listener cannot connect, retrying", error=str(error),
+            log.warning("listener cannot connect, retrying", error=str(error) or repr(error),
                         retry_in=round(delay, 2))
             await sleep_or_stop(stop, delay)
             continue
