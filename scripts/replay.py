@@ -120,6 +120,7 @@ class ReplayCommand:
         self.state_file = state_path(args.chain_id, args.from_block, args.to_block, args.refire)
         self.state: ReplayState | None = None
         self._waiting_since: float | None = None
+        self._state_warned = False
 
     # ------------------------------------------------------------------ the whole command
 
@@ -192,7 +193,7 @@ class ReplayCommand:
                             description="replay" if not self.args.dry_run else "replay (dry run)")
             if self.state is not None:
                 self.state.ingested_through = start + blocks_done - 1
-                save_state(self.state_file, self.state)
+                self._save_state()
 
         result = await replay(self.settings, source, from_block=start, to_block=summary.to_block,
                               dry_run=self.args.dry_run, progress=on_progress,
@@ -209,6 +210,19 @@ class ReplayCommand:
             finally:
                 await conn.close()
             summary.new_log_deliveries = {registry.by_id[t].name: n for t, n in counts.items()}
+
+    def _save_state(self) -> None:
+        """Save the resume position; a read-only home only costs resuming (said once)."""
+        if self.state is None:
+            return
+        try:
+            save_state(self.state_file, self.state)
+        except OSError as error:
+            if not self._state_warned:
+                self.console.print(f"[yellow]cannot save the resume position ({error}); the "
+                                   "replay goes on, but a rerun would start over (set "
+                                   "XDG_STATE_HOME to a writable directory)[/]")
+                self._state_warned = True
 
     def _on_wait(self, progress: Progress, task: TaskID, holder_pid: int | None) -> None:
         now = time.monotonic()
@@ -274,7 +288,7 @@ class ReplayCommand:
                 progress.update(task, completed=high - summary.from_block + 1)
                 if self.state is not None:
                     self.state.refired_through = high
-                    save_state(self.state_file, self.state)
+                    self._save_state()
         finally:
             await conn.close()
             if pool is not None:

@@ -52,4 +52,8 @@ def save_state(path: Path, state: ReplayState) -> None:
 
 
 def clear_state(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    """Forget the position (the run completed). Nothing to forget where nothing could be saved."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -290,3 +291,16 @@ def test_replay_handles_divergent_blocks_as_a_reorg(ops_pipeline: OpsPipeline) -
     bodies = [r["body"] for r in received if r["webhook_id"] in {row.webhook_id for row in removed}]
     assert sorted((b["type"], b["event"]["block_hash"], b["event"]["log_index"]) for b in bodies) \
         == sorted(("event.removed", *log.key) for log in orphaned)
+
+
+def test_replay_without_a_writable_state_directory_still_completes(ops_pipeline: OpsPipeline,
+                                                                    tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    head = ops_pipeline.chain.head()
+    result = ops_pipeline.replay("--chain-id", str(CHAIN_ID), "--from-block", "0",
+                                 "--to-block", str(head), "--json",
+                                 env={"XDG_STATE_HOME": str(blocker)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("cannot save the resume position") == 1
+    assert json.loads(result.stdout)["logs_added"] == len(ops_pipeline.chain.logs(0, head))
