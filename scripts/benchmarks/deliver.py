@@ -189,7 +189,7 @@ def run(backend: str = "plain") -> list[Figure]:
     steady = len(ids) / span if span else rate
     return [
         Figure("deliver: deliveries/s (2 workers, wall)", rate, "dlv/s", baseline=baseline,
-               bar=BAR, note=f"{len(ids)} deliveries in {wall:.2f} s incl. worker start; "
+               bar=BAR, goal=GOAL, note=f"{len(ids)} deliveries in {wall:.2f} s incl. worker start; "
                              f"goal >= {GOAL:,.0f}; receiver saw {posts} POSTs"),
         Figure("deliver: deliveries/s (first to last 2xx)", steady, "dlv/s", baseline=baseline,
                note="excludes interpreter start-up"),

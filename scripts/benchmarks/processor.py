@@ -386,17 +386,17 @@ def run(backend: str = "both") -> list[Figure]:
                         f"{base_created:,} rows; chunks {facts['chunks']}; best of {RUNS}; "
                         f"load avg {os.getloadavg()[0]:.1f}")
                 figures.append(Figure(f"processor events/s [{target.name}]", best_real, "ev/s",
-                                      baseline=best_base, bar=10_000, note=note))
+                                      baseline=best_base, bar=10_000, goal=20_000, note=note))
                 latency = asyncio.run(_latency_run(target.url, redis_server.url))
                 figures.append(Figure(
                     f"commit->enqueue p50 @1k ev/s [{target.name}]", latency["p50"], "ms",
-                    bar=10, higher_is_better=False,
+                    bar=10, goal=5, higher_is_better=False,
                     note=f"{latency['samples']:,} deliveries, {latency['pending']} not queued; "
                          f"load avg {os.getloadavg()[0]:.1f}; "
                          f"from batch created_at (tx start): {latency['metric_p50']:.2f} ms"))
                 figures.append(Figure(
                     f"commit->enqueue p99 @1k ev/s [{target.name}]", latency["p99"], "ms",
-                    bar=50, higher_is_better=False,
+                    bar=50, goal=25, higher_is_better=False,
                     note=f"from batch created_at (tx start): {latency['metric_p99']:.2f} ms"))
     finally:
         redis_server.stop()
