@@ -46,7 +46,10 @@ ON CONFLICT (chain_id, number) DO UPDATE
 _UPSERT_CHECKPOINT = """
 INSERT INTO checkpoints (chain_id, block_number, block_hash) VALUES ($1, $2, $3)
 ON CONFLICT (chain_id) DO UPDATE
-    SET block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash"""
+    SET block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash
+    -- An unchanged checkpoint (a no-op replay) is not rewritten: no updated_at bump, no NOTIFY.
+    WHERE (checkpoints.block_number, checkpoints.block_hash)
+          IS DISTINCT FROM (EXCLUDED.block_number, EXCLUDED.block_hash)"""
 
 
 @dataclass(frozen=True, slots=True)
