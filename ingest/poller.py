@@ -57,7 +57,10 @@ STANDBY_RETRY_SECONDS = 0.5
 # What a dropped database connection looks like from asyncpg.
 DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                    asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
-                   asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, TimeoutError)
+                   asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, TimeoutError,
+                   # A connection whose protocol state broke mid-restart ("cannot switch to
+                   # state 12; another operation (2) is in progress"): reconnect, do not exit.
+                   asyncpg.InternalClientError)
 
 
 class Stopped(Exception):
