@@ -5,8 +5,9 @@ reference Standard Webhooks library and recorded (path, ``webhook-id``, verifica
 status answered, the body). Behaviour is scripted per path over HTTP, so a test can make one
 endpoint answer 503 for 20 s, or 400 for ever, while the others answer 200:
 
-- ``PUT /_script`` ``{"path": "/hooks/a", "status": 503, "seconds": 20}`` (``seconds`` null =
-  until changed; status 200 = healthy);
+- ``PUT /_script`` ``{"path": "/hooks/a", "status": 503, "seconds": 20, "delay": 0}``
+  (``seconds`` null = until changed; status 200 = healthy; ``delay``: hold each answer that
+  long — a slow endpoint, recorded on arrival);
 - ``GET /_received`` → every recorded POST, in arrival order;
 - ``GET /_health`` → ``ok``.
 
@@ -16,6 +17,7 @@ A POST whose signature does not verify is answered 401 and recorded with ``verif
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Script:
     status: int
     until: float | None  # monotonic deadline; None = until changed
+    delay: float = 0.0  # seconds to hold each answer while the script applies
 
 
 def build_app(secret: str) -> web.Application:
@@ -61,13 +64,16 @@ def build_app(secret: str) -> web.Application:
             except ValueError:
                 record["body"] = body.decode(errors="replace")
         script = scripts.get(request.path)
+        active = script is not None and (script.until is None or time.monotonic() < script.until)
         status = 200
         if not record["verified"]:
             status = 401
-        elif script and (script.until is None or time.monotonic() < script.until):
+        elif script is not None and active:
             status = script.status
         record["status"] = status
         received.append(record)
+        if script is not None and active and script.delay:
+            await asyncio.sleep(script.delay)
         return web.json_response({"ok": status < 300}, status=status)
 
     async def set_script(request: web.Request) -> web.Response:
@@ -75,7 +81,8 @@ def build_app(secret: str) -> web.Application:
         seconds = spec.get("seconds")
         scripts[spec["path"]] = Script(
             status=int(spec["status"]),
-            until=None if seconds is None else time.monotonic() + float(seconds))
+            until=None if seconds is None else time.monotonic() + float(seconds),
+            delay=float(spec.get("delay") or 0.0))
         return web.json_response({"ok": True})
 
     async def list_received(_: web.Request) -> web.Response:
@@ -122,10 +129,13 @@ class Receiver:
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
 
-    def script(self, path: str, status: int, seconds: float | None = None) -> None:
-        """Answer ``status`` on ``path`` for ``seconds`` (None: until scripted again)."""
+    def script(self, path: str, status: int, seconds: float | None = None, *,
+               delay: float = 0.0) -> None:
+        """Answer ``status`` on ``path`` for ``seconds`` (None: until scripted again), each
+        answer held ``delay`` seconds."""
         self._http.put(f"{self.base}/_script", json={"path": "/" + path.lstrip("/"),
-                                                     "status": status, "seconds": seconds}
+                                                     "status": status, "seconds": seconds,
+                                                     "delay": delay}
                        ).raise_for_status()
 
     def received(self) -> list[dict[str, Any]]:
