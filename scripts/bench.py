@@ -102,9 +102,10 @@ def main() -> None:
     selected = SUBCOMMANDS if args.which == "all" else (args.which,)
     lines_to = sys.stderr if args.json else sys.stdout
     taken_at = datetime.now(UTC).isoformat(timespec="seconds")
+    described = machine()  # before the run: the commit measured, not one made meanwhile
     results = {name: run_subcommand(name, args.backend, lines_to=lines_to) for name in selected}
     if args.json:
-        document = {"taken_at": taken_at, "backend": args.backend, "machine": machine(),
+        document = {"taken_at": taken_at, "backend": args.backend, "machine": described,
                     "results": results}
         print(json.dumps(document, indent=2, allow_nan=True))
 
