@@ -26,7 +26,11 @@ from processor import metrics
 log = structlog.get_logger(__name__)
 
 PENDING_GRACE_SECONDS = 5.0
-STALE_QUEUED_SECONDS = 60.0
+# A due, unlocked ``queued`` row with an empty queue has no live job: its job was lost (Redis
+# restarted empty) or its worker was killed mid-job (the job sits in RQ's started registry until
+# its timeout). Ten seconds bounds that delay; an early guess costs one duplicate job, which the
+# workers skip (row locks, final states).
+STALE_QUEUED_SECONDS = 10.0
 SWEEP_LIMIT = 5000
 
 _INSERT_DELIVERIES = """

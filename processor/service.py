@@ -33,8 +33,10 @@ PRUNE_INTERVAL_SECONDS = 300.0
 
 # Custom plans come with every core.db connection (see core.db.SESSION_SETTINGS).
 POOL_SERVER_SETTINGS = {"application_name": "blockhook-processor"}
-TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
-             redis.RedisError)
+# InternalClientError: a connection whose protocol state broke mid-restart (seen in the e2e
+# Postgres-restart scenario) — reconnect like any other lost connection.
+TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+             TimeoutError, redis.RedisError)
 
 _LAG = """
 SELECT count(*) AS batches, coalesce(sum(row_count), 0) AS events

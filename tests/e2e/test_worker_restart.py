@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 import redis
 from rq import Worker
 
 from core.queue import delivery_queue
 from tests.e2e.chain import TOKEN, TRANSFER
 from tests.e2e.conftest import Pipeline
-from tests.e2e.pipeline import WaitTimeout, wait_deliveries, wait_received, wait_until
+from tests.e2e.pipeline import wait_deliveries, wait_received, wait_until
 
 
 def _workers(redis_url: str) -> list[Worker]:
@@ -55,10 +54,6 @@ def test_retry_after_a_worker_crash_is_not_held_back(
     wait_deliveries(store, wanted, timeout=12, supervisor=services)
 
 
-@pytest.mark.xfail(strict=True, raises=WaitTimeout, reason=(
-    "known issue (docs/e2e.md, 'Found' 7): a job whose worker was killed mid-job stays in RQ's "
-    "StartedJobRegistry until its timeout (≥ 600 s), so its rows come back only through the "
-    "processor's lost-job sweep, 60 s later (processor/outbox.py STALE_QUEUED_SECONDS)"))
 def test_deliveries_of_a_worker_killed_mid_job_resume_within_seconds(
         make_pipeline: Callable[..., Pipeline], plain_db_url: str, redis_url: str) -> None:
     """Minimal reproduction: the endpoint is slow, so the worker is mid-job (POST sent, outcome
