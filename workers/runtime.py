@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import redis
@@ -67,6 +67,7 @@ class Runtime:
         """Open the pool and the HTTP client on a new event loop. Raises ``ConfigError`` when
         the database is unreachable."""
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(_quiet_lost_connections)
 
         async def open_resources() -> tuple[asyncpg.Pool, WebhookClient]:
             pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -155,6 +156,17 @@ class Runtime:
                                     retry=job_retry())
         # RQ keeps whole seconds (it truncates): round up so the job is never early.
         self.queue.schedule_job(job, datetime.fromtimestamp(math.ceil(due), UTC), pipeline=pipe)
+
+
+def _quiet_lost_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncpg's pool leaves a never-awaited future failing with ``ConnectionError`` when the
+    server drops its connections (a restart): expected, and already handled (the job raises and
+    is retried). Log it as a warning without a traceback; anything else goes to the default."""
+    error = context.get("exception")
+    if isinstance(error, ConnectionError) and "connection_lost" in str(error):
+        log.warning("database connection lost; the pool reconnects", error=str(error))
+        return
+    loop.default_exception_handler(context)
 
 
 _current: Runtime | None = None

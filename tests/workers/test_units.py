@@ -89,3 +89,21 @@ def test_invalid_configs_name_the_field() -> None:
         parse_action('{"url": "https://example.com", "timeout": -1}')
     with pytest.raises(EndpointRejected, match="headers"):
         parse_action('{"url": "https://example.com", "headers": {"a": 1}}')
+
+
+def test_lost_connection_futures_are_a_warning_and_other_errors_reach_the_default_handler() -> None:
+    import asyncio
+
+    from workers.runtime import _quiet_lost_connections
+
+    loop = asyncio.new_event_loop()
+    seen: list[dict[str, object]] = []
+    loop.default_exception_handler = seen.append  # type: ignore[method-assign]
+    try:
+        _quiet_lost_connections(loop, {"exception": ConnectionError("unexpected connection_lost() call")})
+        assert seen == []
+        other = {"exception": RuntimeError("a bug")}
+        _quiet_lost_connections(loop, other)
+        assert seen == [other]
+    finally:
+        loop.close()
