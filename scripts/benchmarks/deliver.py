@@ -201,8 +201,3 @@ def run(backend: str = "plain") -> list[Figure]:
         Figure("deliver: raw httpx async POST loop", httpx_rate, "POST/s", baseline=baseline,
                note=f"{HTTPX_POSTS} POSTs, {IN_FLIGHT} in flight (why aiohttp)"),
     ]
-
-
-if __name__ == "__main__":
-    for figure in run():
-        print(figure.line())

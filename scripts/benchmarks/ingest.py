@@ -286,12 +286,3 @@ def run(backend: str = "both") -> list[Figure]:
     finally:
         node.stop()
     return figures
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", choices=("plain", "timescale", "both"), default="both")
-    for figure in run(parser.parse_args().backend):
-        print(figure.line(), flush=True)

@@ -470,12 +470,3 @@ def run(backend: str = "both") -> list[Figure]:
         for name in backends:
             figures += figures_for(name, run_pipeline(name, workdir), raw)
     return figures
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("plain", "timescale", "both"), default="both")
-    for figure in run(parser.parse_args().backend):
-        print(figure.line(), flush=True)

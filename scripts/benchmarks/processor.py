@@ -402,12 +402,3 @@ def run(backend: str = "both") -> list[Figure]:
         redis_server.stop()
         redis_log.unlink(missing_ok=True)
     return figures
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", choices=("plain", "timescale", "both"), default="both")
-    for figure in run(parser.parse_args().backend):
-        print(figure.line(), flush=True)

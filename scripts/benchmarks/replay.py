@@ -1,5 +1,5 @@
 """``scripts/replay.py`` throughput against raw baselines, same chain, same run:
-``python -m scripts.benchmarks.replay [--backend plain|timescale|both]``.
+``python scripts/bench.py replay [--backend plain|timescale|both]``.
 
 The dense devnet of the ingest benchmark (1,000 blocks × 4 transactions × 50 ``Dense`` logs =
 200,000 logs, ``scripts.benchmarks.ingest.build_chain``), a throwaway database per backend
@@ -194,12 +194,3 @@ def run(backend: str = "both") -> list[Figure]:
         node.stop()
         scratch.cleanup()
     return figures
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("plain", "timescale", "both"), default="both")
-    for figure in run(parser.parse_args().backend):
-        print(figure.line(), flush=True)
