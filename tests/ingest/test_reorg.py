@@ -112,3 +112,56 @@ async def test_reorg_while_the_indexer_was_down_is_caught_by_the_parent_hash_che
     assert set(await stored_logs(db_url)) == chain_logs(anvil)
     [reorg] = await fetch(db_url, "SELECT depth, common_ancestor FROM reorgs")
     assert tuple(reorg) == (2, head - 2)
+
+
+def _mine_branch(anvil: Anvil, emitter: Contract, logs_per_block: list[int], *,
+                 first_timestamp: int) -> None:
+    """One block per entry, fully determined (timestamp, base fee, nonce, fees, gas): mining the
+    same entries again from the same parent reproduces the same block hashes."""
+    w3 = emitter.w3
+    sender = w3.eth.accounts[0]
+    for offset, logs in enumerate(logs_per_block):
+        anvil.rpc("evm_setNextBlockTimestamp", hex(first_timestamp + offset))
+        anvil.rpc("anvil_setNextBlockBaseFeePerGas", hex(10**9))
+        call = emitter.functions.emitMany(logs).build_transaction({
+            "from": sender, "gas": 500_000, "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9, "nonce": w3.eth.get_transaction_count(sender)})
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction(call))
+
+
+async def test_a_reorg_that_is_undone_stores_the_returning_logs_as_valid_again(
+        db_url: str, anvil: Anvil, emitter: Contract) -> None:
+    """A → B → A: the chain abandons blocks, then returns to exactly those blocks (same hashes).
+    Their logs were invalidated by the first reorg; after the second they must be stored as
+    valid events again — once each — while their invalidated twins stay as history."""
+    base = int(anvil.rpc("eth_getBlockByNumber", "latest", False)["timestamp"], 16) + 10
+    snapshot = anvil.rpc("evm_snapshot")
+    branch_a = [2, 3, 1]
+    async with running_indexer(ingest_settings(db_url, anvil.url, max_block_range=4)):
+        _mine_branch(anvil, emitter, branch_a, first_timestamp=base)
+        await wait_for_checkpoint(db_url, anvil)
+        logs_a = set(await stored_logs(db_url))
+        hashes_a = [anvil.rpc("eth_getBlockByNumber", hex(anvil.head() - n), False)["hash"]
+                    for n in range(len(branch_a))]
+
+        assert anvil.rpc("evm_revert", snapshot)
+        snapshot = anvil.rpc("evm_snapshot")
+        _mine_branch(anvil, emitter, [4, 4, 4, 4], first_timestamp=base + 100)
+        await wait_for_checkpoint(db_url, anvil)
+        logs_b = {row for row in await stored_logs(db_url) if row not in logs_a}
+        assert set(await stored_logs(db_url, invalidated=True)) >= {
+            row for row in logs_a if row[1] in hashes_a}
+
+        assert anvil.rpc("evm_revert", snapshot)
+        _mine_branch(anvil, emitter, [*branch_a, 1, 1], first_timestamp=base)
+        assert [anvil.rpc("eth_getBlockByNumber", hex(anvil.head() - 2 - n), False)["hash"]
+                for n in range(len(branch_a))] == hashes_a, "branch A must come back identical"
+        await wait_for_checkpoint(db_url, anvil)
+
+    valid = await stored_logs(db_url)
+    assert len(valid) == len(set(valid)) and set(valid) == chain_logs(anvil)
+    returning = {row for row in logs_a if row[1] in hashes_a}
+    assert returning and returning <= set(valid)
+    invalidated = await stored_logs(db_url, invalidated=True)
+    assert returning <= set(invalidated) and logs_b <= set(invalidated)
+    assert len(await fetch(db_url, "SELECT 1 FROM reorgs")) == 2
