@@ -18,9 +18,10 @@ from typing import TypeVar
 
 import structlog
 
+from core.backoff import backoff_delay
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
 from ingest.metrics import IngestMetrics
-from ingest.ranges import RangeSizer, backoff_delay
+from ingest.ranges import RangeSizer
 from ingest.rpc import ChainSource, Header, Log, RpcTimeout
 
 log = structlog.get_logger(__name__)

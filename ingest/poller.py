@@ -27,12 +27,13 @@ from typing import TypeVar
 import asyncpg
 import structlog
 
+from core.backoff import backoff_delay
 from core.db import connect
 from core.errors import ChainMismatch, ConfigError
 from core.settings import IngestSettings
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
 from ingest.metrics import IngestMetrics
-from ingest.ranges import RangeSizer, backoff_delay
+from ingest.ranges import RangeSizer
 from ingest.reorg import apply_reorg, detect
 from ingest.rpc import ChainSource
 from ingest.store import (

@@ -1,4 +1,4 @@
-"""Pure maths of the poller: how many blocks to ask for next, and how long to back off.
+"""Pure maths of the poller: how many blocks to ask for next (backoff is ``core.backoff``).
 
 :class:`RangeSizer` starts at ``MAX_BLOCK_RANGE`` and adapts:
 
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 
@@ -56,15 +55,3 @@ class RangeSizer:
             grown = max(self.size + 1, self.size * 3 // 2)
             self.size = max(1, min(self.maximum, grown, max(dense_cap, self.size)))
             self._streak = 0
-
-
-def backoff_delay(attempt: int, *, base: float = 0.25, cap: float = 30.0,
-                  retry_after: float | None = None, rng: random.Random | None = None) -> float:
-    """Exponential backoff with jitter (between half and all of the step) for ``attempt``
-    (1-based); a server's
-    ``Retry-After`` is a floor (honoured, not undercut by jitter), capped at ``cap``."""
-    ceiling = min(cap, base * 2 ** (attempt - 1))
-    delay = (rng or random).uniform(ceiling / 2, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay

@@ -11,11 +11,11 @@ a periodic ping; it is re-established with capped exponential backoff and jitter
 from __future__ import annotations
 
 import asyncio
-import random
 
 import asyncpg
 import structlog
 
+from core.backoff import Backoff
 from core.db import asyncpg_dsn
 from core.schema import CHANNEL_CHECKPOINTS, CHANNEL_EVENTS, CHANNEL_REORGS, CHANNEL_TRIGGERS
 
@@ -55,21 +55,6 @@ class Wakeups:
         reasons, self._reasons = self._reasons, set()
         self._event.clear()
         return reasons
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, *, base: float = 0.2, cap: float = 10.0) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2 ** self.attempt)
-        self.attempt += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -18,11 +18,12 @@ import asyncpg
 import redis
 import structlog
 
+from core.backoff import Backoff
 from processor import metrics
 from processor.batches import process_batches, prune_processed_batches
 from processor.confirmations import ripen_deferred
 from processor.corrections import correct_reorgs
-from processor.listener import Backoff, Wakeups, listen, sleep_or_stop
+from processor.listener import Wakeups, listen, sleep_or_stop
 from processor.outbox import enqueue_created, sweep_outbox
 from processor.registry import TriggerRegistry, load_registry
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core.backoff import backoff_delay
 from core.errors import ReorgTooDeep, RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
-from ingest.ranges import RangeSizer, backoff_delay
+from ingest.ranges import RangeSizer
 from ingest.reorg import detect, find_ancestor
 from ingest.rpc import Header, classify_rpc_error, parse_header, parse_logs, parse_retry_after
 from ingest.store import Checkpoint, StoredBlock
