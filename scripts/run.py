@@ -35,6 +35,7 @@ from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
 from core.errors import ConfigError  # noqa: E402
+from core.redact import redact_url, redact_urls_in  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
 from scripts.demo import plan  # noqa: E402
 from scripts.ops.database import ensure_database, migrate, reset_devnet_chain  # noqa: E402
@@ -84,7 +85,7 @@ def _check_redis(redis_url: str) -> None:
     try:
         client.ping()
     except RedisError as error:
-        raise ConfigError(f"cannot reach Redis at {redis_url}: {error}") from error
+        raise ConfigError(f"cannot reach Redis at {redact_url(redis_url)}: {error}") from error
     finally:
         client.close()
 
@@ -179,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             env = base
             procfile = ROOT / "Procfile"
-            _say(f"pipeline against {settings.rpc_url} with the triggers in the database")
+            _say(f"pipeline against {redact_url(settings.rpc_url)} with the triggers in the "
+                 f"database")
     except ConfigError as error:
-        print(f"run: {error}", file=sys.stderr)
+        print(f"run: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
 
     printer = RecordingPrinter()

@@ -23,6 +23,7 @@ from core.errors import ConfigError
 from core.logging import configure_logging
 from core.metrics import serve_metrics
 from core.queue import delivery_queue
+from core.redact import redact_urls_in
 from core.settings import WorkerSettings, load_settings
 from workers import runtime
 from workers.promoter import Promoter, promote_due_jobs
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         redis_client.ping()
         asyncio.run(_check_database(settings.database_url))
     except redis.RedisError as error:
-        print(f"workers: cannot connect to Redis: {error}", file=sys.stderr)
+        print(f"workers: cannot connect to Redis: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
     except ConfigError as error:
-        print(f"workers: {error}", file=sys.stderr)
+        print(f"workers: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
     serve_metrics(settings.metrics_port)
     runtime.configure(settings, redis_client=redis_client)
