@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from psycopg.rows import tuple_row
 
 from core.crypto import ENVELOPE_PREFIX, ENVELOPE_V1, Keyring, action_context, is_sealed
 from core.errors import SecretCorrupt, SecretUnavailable
@@ -116,9 +117,9 @@ def seal_secrets(conn: psycopg.Connection[Any], keyring: Keyring, *, rotate: boo
     done = f"{ENVELOPE_V1}{keyring.current_id}:%" if rotate else f"{ENVELOPE_PREFIX}%"
     after = 0
     while True:
-        with conn.transaction():
-            rows = conn.execute(_PENDING, {"after": after, "done": done,
-                                           "limit": batch_size}).fetchall()
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
+            rows = cursor.execute(_PENDING, {"after": after, "done": done,
+                                             "limit": batch_size}).fetchall()
             if not rows:
                 return report
             writes = []
@@ -131,8 +132,7 @@ def seal_secrets(conn: psycopg.Connection[Any], keyring: Keyring, *, rotate: boo
                                         rotate=rotate, report=report),
                     "previous": _resealed(previous, action_id=action_id, keyring=keyring,
                                           rotate=rotate, report=report)})
-            with conn.cursor() as cursor:
-                cursor.executemany(_WRITE, writes)
+            cursor.executemany(_WRITE, writes)
         after = rows[-1][0]
 
 
@@ -144,4 +144,5 @@ def expire_previous_secrets(conn: psycopg.Connection[Any]) -> int:
 def secrets_by_key(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """How many stored secrets (current and previous) are plaintext or sealed under each key
     id: ``{"plaintext": 2, "3f9a01c2": 120}``."""
-    return {key: count for key, count in conn.execute(_BY_KEY).fetchall()}
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        return {key: count for key, count in cursor.execute(_BY_KEY).fetchall()}

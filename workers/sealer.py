@@ -27,6 +27,7 @@ from core.sealing import SealReport, expire_previous_secrets, seal_secrets
 log = structlog.get_logger(__name__)
 
 SWEEP_INTERVAL_SECONDS = 30.0
+APPLICATION_NAME = "blockhook-sealer"
 # How often the thread looks at its stop flag while waiting for notifications.
 POLL_SECONDS = 0.5
 
@@ -64,8 +65,8 @@ class Sealer:
         attempt = 0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.database_url, autocommit=True,
-                                     connect_timeout=10) as conn:
+                with psycopg.connect(self.database_url, autocommit=True, connect_timeout=10,
+                                     application_name=APPLICATION_NAME) as conn:
                     if self.keyring is not None:
                         conn.execute(f"LISTEN {CHANNEL_SECRETS}")
                     attempt = 0

@@ -62,6 +62,8 @@ def test_worker_killed_mid_delivery_is_retried_and_delivers_with_the_same_webhoo
     assert second.wait(60) == 0, second.output
     row = rows.delivery(plain_db_url, delivery_id)
     assert (row["status"], row["attempts"]) == ("delivered", 1)
+    # Without an encryption key: signed as before, the secret unencrypted, one warning line.
+    assert second.output.count("BLOCKHOOK_ENCRYPTION_KEY is not set") == 1
     seen = receiver.received()
     assert [r.webhook_id for r in seen] == [f"dlv_{delivery_id}"] * 2
     assert all(r.verified for r in seen)
