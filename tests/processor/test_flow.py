@@ -19,6 +19,7 @@ from processor.refire import refire
 from tests.processor.conftest import Harness
 from tests.processor.helpers import (
     GENESIS,
+    SECRET,
     TOKEN,
     Log,
     add_trigger,
@@ -101,7 +102,9 @@ async def test_invalid_triggers_are_recorded_and_valid_ones_keep_firing(
             "not-a-number": dict(conditions={"field": "value", "op": "gt", "value": "lots"}),
         }
         ids = {name: (await add_trigger(conn, name, **kwargs))[0] for name, kwargs in invalid.items()}
-        await add_trigger(conn, "valid", conditions=WHALE)
+        # An action in an endpoint secret rotation window is valid (the rotation key is known).
+        await add_trigger(conn, "valid", conditions=WHALE, configs=[{
+            "url": "https://example.com/hook", "secret": SECRET, "previous_secret_ttl": 60}])
         await insert_events(conn, [transfer(1, 0, 10_000)])
         with capture_logs() as logged:
             await harness.step()
