@@ -9,11 +9,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from core.errors import PermanentError
+from core.redact import redact_urls_in
 
 
 def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``main(stop)`` until it returns; SIGTERM/SIGINT set ``stop`` (exit 0 once ``main``
-    has finished its current unit of work). A ``PermanentError`` exits 1 with one line."""
+    has finished its current unit of work). A ``PermanentError`` exits 1 with one line, with
+    any URL in it redacted."""
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -25,7 +27,7 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
     try:
         asyncio.run(runner())
     except PermanentError as error:
-        print(f"{name}: {error}", file=sys.stderr)
+        print(f"{name}: {redact_urls_in(str(error))}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass

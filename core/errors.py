@@ -68,3 +68,13 @@ class EndpointRejected(PermanentError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class SecretUnavailable(TransientError):
+    """A stored webhook secret is sealed under a key this process does not hold: a deployment
+    matter (a worker without the key, or mid key rotation). The delivery is retried."""
+
+
+class SecretCorrupt(PermanentError):
+    """A stored webhook secret cannot be opened with its own key: tampered with, truncated, or
+    copied from another action. The delivery fails with this reason."""

@@ -13,10 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
-# A path segment that looks like a credential: long, and made of token characters only, with
-# at least one digit (``v2``, ``mainnet``, ``eth-mainnet`` stay readable; keys do not).
-_KEY_SEGMENT = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-=.~+]{16,}$")
-_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>()\[\]{},]+")
+# A path segment that looks like a credential: long, made of token characters only, and with a
+# digit or mixed case (``v2``, ``mainnet``, ``eth-mainnet``, ``arbitrum-mainnet`` stay readable;
+# random keys do not — a 32-character base62 key without any digit is still mixed case).
+_KEY_SEGMENT = re.compile(r"^(?=.*(\d|[a-z].*[A-Z]|[A-Z].*[a-z]))[A-Za-z0-9_\-=.~+]{16,}$")
+# A URL inside free text: the userinfo (up to its ``@``) may hold any character but ``@``, ``/``
+# and whitespace, so a password with a comma or a quote is still taken as part of the URL.
+_URL_IN_TEXT = re.compile(
+    r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://(?:[^\s@/]*@)?[^\s'\"<>()\[\]{},]+")
 
 
 def _redact_path(path: str) -> str:

@@ -54,6 +54,7 @@ CHANNEL_EVENTS = "blockhook_events"  # payload: chain id
 CHANNEL_TRIGGERS = "blockhook_triggers"  # payload: table name
 CHANNEL_REORGS = "blockhook_reorgs"  # payload: chain id
 CHANNEL_CHECKPOINTS = "blockhook_checkpoints"  # payload: chain id
+CHANNEL_SECRETS = "blockhook_secrets"  # payload: action id (a plaintext secret awaits sealing)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -158,8 +159,17 @@ actions = Table(
     Column("enabled", Boolean, nullable=False, server_default=text("true")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The signing secret, taken out of ``config`` by a BEFORE trigger on every write: plaintext
+    # ``whsec_…`` until the workers seal it (``enc:v1:…``, core.crypto), or for good without a
+    # key. Only the workers' role may read these columns (core.roles).
+    Column("secret", Text),
+    # During an endpoint secret rotation: the replaced secret, signed with too until it expires.
+    Column("previous_secret", Text),
+    Column("previous_secret_expires_at", DateTime(timezone=True)),
     CheckConstraint(_in("type", ACTION_TYPES), name="type_known"),
     CheckConstraint("jsonb_typeof(config) = 'object'", name="config_object"),
+    CheckConstraint("(previous_secret IS NULL) = (previous_secret_expires_at IS NULL)",
+                    name="previous_secret_expiry"),
     Index(None, "trigger_id"),
 )
 

@@ -7,11 +7,15 @@ One shared base (database, Redis, logging, metrics) and one subclass per service
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.crypto import Keyring, parse_keys
+from core.redact import redact_urls_in
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
 
@@ -107,7 +111,52 @@ class ProcessorSettings(BaseServiceSettings):
     processor_sweep_interval: float = Field(default=2.0, gt=0)
 
 
-class WorkerSettings(BaseServiceSettings):
+class EncryptionSettings(BaseServiceSettings):
+    """The keyring for webhook secrets at rest (:mod:`core.crypto`): ``BLOCKHOOK_ENCRYPTION_KEY``
+    (keys separated by commas, the first one current, the others accepted for reading during
+    a rotation) or ``BLOCKHOOK_ENCRYPTION_KEY_FILE`` (the same, one key per line). Unset: secrets
+    stay unencrypted."""
+
+    blockhook_encryption_key: SecretStr | None = None
+    blockhook_encryption_key_file: Path | None = None
+
+    @field_validator("blockhook_encryption_key")
+    @classmethod
+    def _keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            parse_keys(value.get_secret_value())  # ValueError names the position, not the key
+            return value
+        return None
+
+    @field_validator("blockhook_encryption_key_file")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        try:
+            text = value.read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read {value}: {error.strerror or error}") from None
+        parse_keys(text)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EncryptionSettings:
+        if self.blockhook_encryption_key is not None and self.blockhook_encryption_key_file:
+            raise ValueError("BLOCKHOOK_ENCRYPTION_KEY and BLOCKHOOK_ENCRYPTION_KEY_FILE are both "
+                             "set; set one")
+        return self
+
+    def keyring(self) -> Keyring | None:
+        """The configured keyring, or ``None`` when no key is set."""
+        if self.blockhook_encryption_key is not None:
+            return Keyring.from_text(self.blockhook_encryption_key.get_secret_value())
+        if self.blockhook_encryption_key_file is not None:
+            return Keyring.from_text(self.blockhook_encryption_key_file.read_text())
+        return None
+
+
+class WorkerSettings(EncryptionSettings):
     """``python -m workers``."""
 
     webhook_timeout: float = Field(default=10.0, gt=0)
@@ -142,7 +191,7 @@ def describe_validation_error(error: ValidationError) -> str:
         name = ".".join(str(part) for part in item["loc"]).upper() or "settings"
         message = item["msg"].removeprefix("Value error, ")
         problems.append(f"{name}: {message}")
-    return "invalid configuration: " + "; ".join(problems)
+    return redact_urls_in("invalid configuration: " + "; ".join(problems))
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

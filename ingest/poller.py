@@ -30,6 +30,7 @@ import structlog
 from core.backoff import backoff_delay
 from core.db import connect
 from core.errors import ChainMismatch, ConfigError
+from core.redact import redact_url
 from core.settings import IngestSettings
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
 from ingest.metrics import IngestMetrics
@@ -123,7 +124,7 @@ class Indexer:
             retry_rpc("eth_chainId", self.source.chain_id, metrics=self.metrics), stop)
         if self.settings.chain_id is not None and self.settings.chain_id != node_chain:
             raise ChainMismatch(f"CHAIN_ID={self.settings.chain_id} but the node at "
-                                f"{self.settings.rpc_url} reports chain {node_chain}")
+                                f"{redact_url(self.settings.rpc_url)} reports chain {node_chain}")
         self.chain_id = node_chain
         self._fetcher = RangeFetcher(self.source, self.sizer, addresses=self.settings.address_filter,
                                      metrics=self.metrics, chain_id=self.chain_id)

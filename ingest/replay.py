@@ -47,6 +47,7 @@ import structlog
 
 from core.db import connect
 from core.errors import ChainMismatch
+from core.redact import redact_url
 from core.settings import IngestSettings
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
 from ingest.metrics import IngestMetrics
@@ -112,7 +113,8 @@ async def replay(settings: IngestSettings, source: ChainSource, *, from_block: i
     stop = stop or asyncio.Event()
     chain_id = await retry_rpc("eth_chainId", source.chain_id)
     if settings.chain_id is not None and settings.chain_id != chain_id:
-        raise ChainMismatch(f"CHAIN_ID={settings.chain_id} but the node at {settings.rpc_url} "
+        raise ChainMismatch(f"CHAIN_ID={settings.chain_id} but the node at "
+                            f"{redact_url(settings.rpc_url)} "
                             f"reports chain {chain_id}")
     if to_block is None:
         to_block = await retry_rpc("eth_blockNumber", source.head) - settings.confirmations

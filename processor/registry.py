@@ -39,9 +39,13 @@ class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: StrictStr
+    # The database moves ``secret`` out of ``config`` as it is written (migration 0003), so
+    # the processor only sees one here where that trigger is absent.
     secret: StrictStr | None = None
     headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     timeout: Annotated[float, Field(gt=0, strict=True)] | None = None
+    # Seconds a replaced secret keeps signing (endpoint secret rotation); applied by the database.
+    previous_secret_ttl: Annotated[float, Field(ge=0, strict=True)] | None = None
 
     @field_validator("url")
     @classmethod

@@ -57,6 +57,7 @@ from rich.text import Text  # noqa: E402
 from core.db import connect, create_pool  # noqa: E402
 from core.errors import ChainMismatch, PermanentError  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
+from core.redact import redact_url, redact_urls_in  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
 from ingest.fetch import retry_rpc  # noqa: E402
 from ingest.replay import ReplayResult, replay  # noqa: E402
@@ -130,7 +131,8 @@ class ReplayCommand:
             node_chain = await retry_rpc("eth_chainId", client.chain_id)
             if node_chain != self.args.chain_id:
                 raise ChainMismatch(f"--chain-id {self.args.chain_id} but the node at "
-                                    f"{self.settings.rpc_url} reports chain {node_chain}")
+                                    f"{redact_url(self.settings.rpc_url)} reports chain "
+                                    f"{node_chain}")
             to_block = await self._resolve_range(client)
             summary = Summary(self.args.chain_id, self.args.from_block, to_block,
                               self.args.dry_run, self.args.refire)
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("aborted: run the same command to resume")
         return INTERRUPTED_EXIT
     except PermanentError as error:
-        print(f"replay: {error}", file=sys.stderr)
+        print(f"replay: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
     if args.json:
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())

@@ -28,6 +28,7 @@ import redis  # noqa: E402
 from core import db  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.queue import enqueue_deliveries  # noqa: E402
+from core.redact import redact_urls_in  # noqa: E402
 from core.settings import WorkerSettings, load_settings  # noqa: E402
 
 _SELECT = """
@@ -73,7 +74,7 @@ def main() -> int:
         selected = asyncio.run(requeue(settings.database_url, ids=args.ids, trigger=args.trigger,
                                        since=args.since, dry_run=args.dry_run))
     except ConfigError as error:
-        print(f"retry_failed: {error}", file=sys.stderr)
+        print(f"retry_failed: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
     if args.dry_run:
         print(f"would retry {len(selected)} failed deliveries: {selected[:20]}"
@@ -85,7 +86,8 @@ def main() -> int:
     except redis.RedisError as error:
         # The rows are queued in Postgres: the processor's sweep enqueues them later.
         print(f"retry_failed: requeued {len(selected)} in the database, but Redis is "
-              f"unreachable ({error}); the processor's sweep will enqueue them", file=sys.stderr)
+              f"unreachable ({redact_urls_in(str(error))}); the processor's sweep will enqueue "
+              f"them", file=sys.stderr)
         return 1
     finally:
         client.close()

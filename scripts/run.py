@@ -3,11 +3,17 @@
     python scripts/run.py            # demo without RPC_URL, the pipeline against RPC_URL otherwise
     python scripts/run.py --once     # the scripted demo as a smoke test: exit 0 once verified
 
-Steps: create the database named by ``DATABASE_URL`` if absent, ``alembic upgrade head``, check
-Redis, then start the processes of ``Procfile`` (``RPC_URL`` set: ingest, processor, workers
+Steps: create the database named by ``DATABASE_URL`` if absent, ``alembic upgrade head``, set
+the roles' passwords given as ``BLOCKHOOK_<ROLE>_PASSWORD`` (``scripts/roles.py``), check that
+each service's role can log in, check Redis, then start the processes of ``Procfile`` (``RPC_URL`` set: ingest, processor, workers
 against that chain and the triggers in the database) or ``Procfile.demo`` (no ``RPC_URL``: an
 anvil devnet, the demo receiver, ingest, processor, workers and the demo's transactions), with
 prefixed coloured logs. Ctrl-C (or SIGTERM) stops every process and exits 0 once they are down.
+
+Least privilege: ingest, processor and workers connect as ``blockhook_ingest``,
+``blockhook_processor`` and ``blockhook_workers`` (``DATABASE_URL`` with the user replaced, and
+the role's password when one is given); ``DATABASE_URL``'s own user only creates, migrates and
+seeds the database.
 
 ``--once`` always uses its own devnet on free ports. It exits 0 when the receiver has verified
 every expected signed webhook, non-zero otherwise — the first process to stop decides, and a
@@ -28,16 +34,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psycopg  # noqa: E402
 from honcho.environ import parse_procfile  # noqa: E402
 from honcho.manager import Manager  # noqa: E402
 from honcho.printer import Message, Printer  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
+from core import roles  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
+from core.redact import redact_url, redact_urls_in  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
 from scripts.demo import plan  # noqa: E402
 from scripts.ops.database import ensure_database, migrate, reset_devnet_chain  # noqa: E402
+from scripts.roles import apply_passwords, passwords_from_environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL_IN_NODE_MODULES = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -84,9 +94,39 @@ def _check_redis(redis_url: str) -> None:
     try:
         client.ping()
     except RedisError as error:
-        raise ConfigError(f"cannot reach Redis at {redis_url}: {error}") from error
+        raise ConfigError(f"cannot reach Redis at {redact_url(redis_url)}: {error}") from error
     finally:
         client.close()
+
+
+SERVICE_ROLES = {"ingest": roles.INGEST, "processor": roles.PROCESSOR, "workers": roles.WORKERS}
+
+
+def service_database_urls(database_url: str) -> dict[str, str]:
+    """Each service's ``DATABASE_URL``: its own role, with the password given in the
+    environment (and set on the role here), if any. Raises ``ConfigError`` with one line when
+    a role cannot log in."""
+    passwords = passwords_from_environment()
+    try:
+        if passwords:
+            apply_passwords(database_url, passwords)
+    except psycopg.Error as error:
+        raise ConfigError(f"cannot set the roles' passwords: {_first_line(error)}") from error
+    urls = {}
+    for service, role in SERVICE_ROLES.items():
+        url = roles.role_url(database_url, role, passwords.get(role))
+        try:
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.OperationalError as error:
+            raise ConfigError(f"{service} cannot log in as {role} ({_first_line(error)}): set "
+                              f"{roles.password_variable(role)}") from error
+        urls[service] = url
+    return urls
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class RecordingPrinter(Printer):
@@ -167,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"created database {settings.database_url.rsplit('/', 1)[-1]}")
         migrate(settings.database_url)
         _say("schema migrated (alembic upgrade head)")
+        database_urls = service_database_urls(settings.database_url)
+        _say("services connect as " + ", ".join(f"{service}={role}"
+                                                 for service, role in SERVICE_ROLES.items()))
         _check_redis(settings.redis_url)
         if demo:
             if args.once and "rpc_url" in settings.model_fields_set:
@@ -179,15 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             env = base
             procfile = ROOT / "Procfile"
-            _say(f"pipeline against {settings.rpc_url} with the triggers in the database")
+            _say(f"pipeline against {redact_url(settings.rpc_url)} with the triggers in the "
+                 f"database")
     except ConfigError as error:
-        print(f"run: {error}", file=sys.stderr)
+        print(f"run: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
 
     printer = RecordingPrinter()
     manager = Manager(printer=printer)
     for name, command in parse_procfile(procfile.read_text()).processes.items():
-        manager.add_process(name, command, env=env, cwd=str(ROOT))
+        process_env = {**env, "DATABASE_URL": database_urls[name]} if name in database_urls \
+            else env
+        manager.add_process(name, command, env=process_env, cwd=str(ROOT))
     manager.loop()
     code = manager.returncode if manager.returncode is not None else 1
 

@@ -25,6 +25,7 @@ from rich.table import Table  # noqa: E402
 
 from core.db import connect, storage_path  # noqa: E402
 from core.errors import PermanentError  # noqa: E402
+from core.redact import redact_urls_in  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
 from scripts.ops.rpc import NodeHead, node_head  # noqa: E402
 from scripts.ops.status_queries import (  # noqa: E402
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = asyncio.run(collect(settings.database_url, settings.redis_url, rpc_urls))
     except PermanentError as error:
-        print(f"status: {error}", file=sys.stderr)
+        print(f"status: {redact_urls_in(str(error))}", file=sys.stderr)
         raise SystemExit(1) from None
     if args.json:
         print(report.model_dump_json(indent=2))

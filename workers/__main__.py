@@ -6,6 +6,10 @@ jobs/s) on queue ``blockhook-deliveries``; due retries are promoted by every wor
 SIGINT: finish the current job, exit 0 (RQ's warm shutdown); a second signal stops at once.
 Bad configuration or an unreachable database/Redis: one line on stderr, exit 1 (2 for invalid
 settings).
+
+Every worker process also seals webhook secrets (:mod:`workers.sealer`): at start, on the
+database's NOTIFY and periodically; ``--burst`` seals once at start. Without
+``BLOCKHOOK_ENCRYPTION_KEY`` secrets stay unencrypted and one warning line says so.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import asyncio
 import sys
 
+import psycopg
 import redis
 import structlog
 from rq import SimpleWorker
@@ -23,9 +28,11 @@ from core.errors import ConfigError
 from core.logging import configure_logging
 from core.metrics import serve_metrics
 from core.queue import delivery_queue
+from core.redact import redact_urls_in
 from core.settings import WorkerSettings, load_settings
 from workers import runtime
 from workers.promoter import Promoter, promote_due_jobs
+from workers.sealer import Sealer, seal_once
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +46,16 @@ async def _check_database(url: str) -> None:
     await conn.close()
 
 
+def _seal_at_start(settings: WorkerSettings) -> None:
+    """One sealing sweep before the first job; a failure is logged, not fatal (the sealer
+    thread, or the next worker, tries again)."""
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+            seal_once(conn, settings.keyring())
+    except psycopg.Error as error:
+        log.warning("could not seal webhook secrets at start", error=type(error).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
@@ -50,12 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         redis_client.ping()
         asyncio.run(_check_database(settings.database_url))
     except redis.RedisError as error:
-        print(f"workers: cannot connect to Redis: {error}", file=sys.stderr)
+        print(f"workers: cannot connect to Redis: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
     except ConfigError as error:
-        print(f"workers: {error}", file=sys.stderr)
+        print(f"workers: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1
     serve_metrics(settings.metrics_port)
+    keyring = settings.keyring()
+    if keyring is None:
+        log.warning("BLOCKHOOK_ENCRYPTION_KEY is not set: webhook secrets are stored unencrypted")
+    else:
+        log.info("webhook secrets are sealed", key_id=keyring.current_id,
+                 accepted_key_ids=list(keyring.key_ids))
     runtime.configure(settings, redis_client=redis_client)
     worker = DeliveryWorker([delivery_queue(redis_client)], connection=redis_client)
     log.info("worker starting", burst=args.burst, batch_size=settings.worker_batch_size,
@@ -64,15 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     queue = delivery_queue(redis_client)
     promoter = Promoter(queue)
+    sealer = Sealer(settings.database_url, keyring)
     if args.burst:
+        _seal_at_start(settings)
         promote_due_jobs(queue)  # what is due now joins this burst; later retries do not
     else:
+        sealer.start()
         promoter.start()
     try:
         worker.work(burst=args.burst, logging_level=rq_level)
     finally:
         if not args.burst:
             promoter.stop()
+            sealer.stop()
         runtime.close()
     log.info("worker stopped")
     return 0

@@ -1,39 +1,28 @@
 """The webhook action's ``config`` (SPEC §4), validated at the edge with pydantic.
 
 An invalid config is a permanent error of that delivery (``failed`` with the reason in
-``last_error``); reasons name the field and never echo a value (the secret must not leak).
+``last_error``); reasons name the field and never echo a value (header values may be
+credentials). The signing secret is not part of ``config``: the database moves it to the
+``actions.secret`` column as it is written (see :func:`workers.signing.action_secrets`).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import EndpointRejected
-from workers.signing import decode_secret
 
 
 class WebhookAction(BaseModel):
-    """``{"url": ..., "secret": "whsec_...", "headers": {...}, "timeout": seconds}``."""
+    """``{"url": ..., "headers": {...}, "timeout": seconds}``."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     url: str = Field(min_length=1)
-    secret: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0, le=300)
-
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        if value is not None:
-            decode_secret(value)  # ValueError says what is wrong without the value
-        return value
-
-    @property
-    def signing_key(self) -> bytes | None:
-        return decode_secret(self.secret) if self.secret else None
 
 
 @lru_cache(maxsize=1024)

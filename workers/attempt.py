@@ -16,13 +16,20 @@ import asyncpg
 import structlog
 from yarl import URL
 
-from core.errors import EndpointRejected, EndpointUnavailable, PermanentError
+from core.crypto import Keyring
+from core.errors import (
+    EndpointRejected,
+    EndpointUnavailable,
+    PermanentError,
+    SecretCorrupt,
+    SecretUnavailable,
+)
 from workers import metrics
 from workers.action import parse_action
 from workers.delivery import WebhookClient
 from workers.payload import build_payload
 from workers.retry import Verdict, classify_status, is_exhausted, parse_retry_after, retry_delay
-from workers.signing import webhook_headers, webhook_id
+from workers.signing import action_secrets, decode_secret, webhook_headers, webhook_id
 from workers.store import Outcome
 
 log = structlog.get_logger(__name__)
@@ -77,9 +84,11 @@ def _cancel(row: asyncpg.Record, reason: str) -> Outcome:
 
 
 async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy: RetryPolicy,
-                           jitter: float) -> Outcome:
+                           jitter: float, keyring: Keyring | None = None) -> Outcome:
     """Handle one claimed delivery and say what became of it. Never raises for anything the
-    endpoint or the row's contents can cause."""
+    endpoint or the row's contents can cause. ``keyring`` opens sealed secrets; a secret
+    sealed under a key it lacks is retried on the schedule (another worker, or this one after a
+    restart with the key, can send it), a corrupt one fails the delivery."""
     if not row["enabled"]:
         return _cancel(row, "action or trigger disabled before sending")
     if not row["event_found"]:
@@ -92,17 +101,28 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
         log.warning("delivery cannot be built", delivery_id=row["id"], reason=str(error))
         return _fail(row, str(error), outcome="refused")
     try:
+        secrets = action_secrets(row["action_id"], row["secret"], row["previous_secret"], keyring)
+        keys = [decode_secret(secret) for secret in secrets]
+    except SecretUnavailable as error:
+        log.warning("delivery waits for a key to open its secret", delivery_id=row["id"],
+                    reason=str(error))
+        return _retry_or_fail(row, policy, jitter=jitter, error=str(error), status_code=None,
+                              retry_after=None)
+    except (SecretCorrupt, ValueError) as error:  # messages never contain the secret
+        log.warning("delivery cannot be signed", delivery_id=row["id"], reason=str(error))
+        return _fail(row, f"webhook secret: {error}", outcome="refused")
+    try:
         body = build_payload(delivery_id=row["id"], kind=row["kind"], replay=row["replay"],
                              trigger_id=row["trigger_id"], trigger_name=row["trigger_name"],
                              event_signature=row["event_signature"],
                              event={**row, "id": row["event_id"]})
         msg_id = webhook_id(row["id"])
         headers = webhook_headers(msg_id=msg_id, timestamp=int(time.time()), body=body,
-                                  key=action.signing_key, extra=action.headers)
+                                  keys=keys, extra=action.headers)
         response = await client.post(action.url, body=body, headers=headers,
                                      timeout_seconds=action.timeout or policy.default_timeout)
     except EndpointRejected as error:
-        reason = _scrub(str(error), action.secret, *action.headers.values())
+        reason = _scrub(str(error), *secrets, *action.headers.values())
         log.warning("delivery refused", delivery_id=row["id"], reason=reason)
         return _fail(row, reason, outcome="refused")
     except PermanentError as error:
@@ -123,7 +143,7 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
     if verdict is Verdict.DELIVERED:
         metrics.ATTEMPTS.labels("delivered").inc()
         return Outcome(row["id"], "delivered", True, response.status)
-    excerpt = _scrub(response.excerpt, action.secret, *action.headers.values())
+    excerpt = _scrub(response.excerpt, *secrets, *action.headers.values())
     reason = f"HTTP {response.status}" + (f": {excerpt}" if excerpt else "")
     if verdict is Verdict.FAILED:
         log.info("delivery rejected", delivery_id=row["id"], status_code=response.status,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
+from core.crypto import Keyring
 from workers import metrics
 from workers.attempt import RetryPolicy, attempt_delivery
 from workers.delivery import WebhookClient
@@ -46,11 +47,13 @@ class BatchReport:
 
 
 async def _attempt_or_requeue(row: asyncpg.Record, *, client: WebhookClient,
-                              policy: RetryPolicy, jitter: float) -> Outcome:
+                              policy: RetryPolicy, jitter: float,
+                              keyring: Keyring | None) -> Outcome:
     """``attempt_delivery``, with a bug in one delivery contained to that delivery: it stays
     queued for a retry (with the error type recorded) and its neighbours' outcomes commit."""
     try:
-        return await attempt_delivery(row, client=client, policy=policy, jitter=jitter)
+        return await attempt_delivery(row, client=client, policy=policy, jitter=jitter,
+                                      keyring=keyring)
     except Exception as error:
         log.exception("delivery handling crashed", delivery_id=row["id"])
         attempts = row["attempts"] + 1
@@ -63,7 +66,8 @@ async def _attempt_or_requeue(row: asyncpg.Record, *, client: WebhookClient,
 
 
 async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, policy: RetryPolicy,
-                             delivery_ids: Sequence[int]) -> BatchReport:
+                             delivery_ids: Sequence[int],
+                             keyring: Keyring | None = None) -> BatchReport:
     """Claim, attempt and record the open, due deliveries among ``delivery_ids``.
 
     Committed atomically: on a database error nothing is recorded and the error propagates (the
@@ -78,7 +82,8 @@ async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, polic
             report.unclaimed = await unclaimed_soon(
                 conn, delivery_ids, [row["id"] for row in claimed])
         report.outcomes = list(await asyncio.gather(*(
-            _attempt_or_requeue(row, client=client, policy=policy, jitter=jitter)
+            _attempt_or_requeue(row, client=client, policy=policy, jitter=jitter,
+                                keyring=keyring)
             for row in claimed)))
         recorded = await record_outcomes(conn, report.outcomes)
         delivered = [o.delivery_id for o in report.outcomes if o.status == "delivered"]

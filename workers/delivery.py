@@ -92,6 +92,9 @@ class WebhookClient:
                                     retry_after=reply.headers.get("retry-after"))
         except TimeoutError:
             raise EndpointUnavailable(f"timed out after {timeout_seconds:g} s") from None
+        except aiohttp.InvalidURL as error:
+            raise EndpointRejected(f"the url cannot be requested: {type(error).__name__}") \
+                from None
         except aiohttp.ClientError as error:
             forbidden = _forbidden(error)
             if forbidden is not None:

@@ -61,6 +61,7 @@ class Runtime:
         self.policy = RetryPolicy(schedule=settings.retry_delays,
                                   max_attempts=settings.webhook_max_attempts,
                                   default_timeout=settings.webhook_timeout)
+        self.keyring = settings.keyring()
 
     @classmethod
     def start(cls, settings: WorkerSettings, *, redis_client: redis.Redis | None = None) -> Runtime:
@@ -98,7 +99,8 @@ class Runtime:
             chunk = list(delivery_ids[start:start + size])
             for pause in (*QUICK_RECLAIM_PAUSES, None):
                 report = self.loop.run_until_complete(deliver_batch_once(
-                    self.pool, client=self.client, policy=self.policy, delivery_ids=chunk))
+                    self.pool, client=self.client, policy=self.policy, delivery_ids=chunk,
+                    keyring=self.keyring))
                 for outcome in report.outcomes:
                     totals[outcome.status] += 1
                 now = time.time()

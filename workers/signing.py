@@ -8,6 +8,11 @@ time of the attempt. ``webhook-signature`` is ``v1,`` + base64 HMAC-SHA256 over
 An action without a secret is sent unsigned: ``webhook-id`` and ``webhook-timestamp`` are still
 present, ``webhook-signature`` is absent (SPEC §4 makes the secret optional; a receiver that
 requires signatures rejects such a request, which is the honest outcome).
+
+During an endpoint secret rotation an action holds two secrets (``actions.secret`` and, until
+``previous_secret_expires_at``, ``previous_secret``): the header then carries one signature per
+secret, space-separated, as Standard Webhooks allows, so a receiver verifying with either secret
+accepts the request. Stored secrets may be sealed (``enc:v1``); :func:`action_secrets` opens them.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Final
+
+from core.crypto import Keyring, reveal
 
 SECRET_PREFIX: Final = "whsec_"
 
@@ -57,15 +65,28 @@ def sign(key: bytes, *, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def webhook_headers(*, msg_id: str, timestamp: int, body: bytes, key: bytes | None,
+@lru_cache(maxsize=4096)
+def action_secrets(action_id: int, secret: str | None, previous_secret: str | None,
+                   keyring: Keyring | None) -> tuple[str, ...]:
+    """The plaintext ``whsec_`` secrets to sign with, current first, without repeats. Raises
+    ``SecretUnavailable`` (sealed under a key this process lacks) or ``SecretCorrupt``. Cached
+    by the stored values: a rotation or a reseal stores new ones."""
+    secrets = [reveal(value, action_id=action_id, keyring=keyring)
+               for value in (secret, previous_secret) if value is not None]
+    return tuple(dict.fromkeys(secrets))
+
+
+def webhook_headers(*, msg_id: str, timestamp: int, body: bytes, keys: Sequence[bytes],
                     extra: Mapping[str, str]) -> dict[str, str]:
-    """All request headers of one attempt. ``extra`` (the action's ``headers``) is added first
-    and can never replace a reserved header, whatever its case."""
+    """All request headers of one attempt, signed with each of ``keys`` (none: unsigned).
+    ``extra`` (the action's ``headers``) is added first and can never replace a reserved
+    header, whatever its case."""
     headers = {name: value for name, value in extra.items()
                if name.lower() not in RESERVED_HEADERS}
     headers["content-type"] = "application/json"
     headers["webhook-id"] = msg_id
     headers["webhook-timestamp"] = str(timestamp)
-    if key is not None:
-        headers["webhook-signature"] = sign(key, msg_id=msg_id, timestamp=timestamp, body=body)
+    if keys:
+        headers["webhook-signature"] = " ".join(
+            sign(key, msg_id=msg_id, timestamp=timestamp, body=body) for key in keys)
     return headers

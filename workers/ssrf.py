@@ -1,21 +1,32 @@
 """The SSRF guard: webhook targets must be public http(s) addresses.
 
 A target is refused when its scheme is not http/https, or when any address its host resolves to
-is not globally routable: loopback, private (RFC 1918, ULA), link-local, multicast, unspecified,
-reserved, shared/CGNAT (100.64.0.0/10), documentation/benchmark ranges, cloud metadata
-(169.254.169.254, fd00:ec2::254), and IPv6 forms that embed such an IPv4 address (IPv4-mapped,
-IPv4-compatible, 6to4, Teredo, NAT64). ``WEBHOOK_ALLOW_PRIVATE=true`` turns the address checks off
-(the scheme check stays).
+is not a public unicast address:
+
+- IPv4: every block of the IANA IPv4 Special-Purpose Address Registry — including the ones
+  marked globally reachable (AS112, AMT, PCP/TURN anycast: never a webhook endpoint) — and
+  multicast;
+- IPv6: every block of the IANA IPv6 Special-Purpose Address Registry, and everything outside
+  2000::/3, the only space allocated as global unicast (so the deprecated site-local
+  fec0::/10, multicast and reserved space are refused, whatever :mod:`ipaddress` says of them);
+- IPv6 forms that carry an IPv4 address a stack may route as IPv4 (IPv4-mapped,
+  IPv4-compatible, 6to4, Teredo, NAT64 64:ff9b::/96) are judged by that IPv4 address;
+- cloud metadata and credential endpoints (:data:`METADATA_ADDRESSES`), in any of these forms,
+  are refused even with ``WEBHOOK_ALLOW_PRIVATE=true``, which turns the other address checks
+  off (the scheme check stays).
 
 The check runs where the connection is made: :class:`GuardedResolver` vets every address before
 aiohttp connects to it, so a hostname that re-resolves to an internal address between a check and
-the connect (DNS rebinding) is still refused. aiohttp does not call the resolver for IP literals,
-so :func:`check_url` vets literal hosts itself; callers run it before every attempt.
+the connect (DNS rebinding) is still refused, and so are numeric spellings the system resolver
+understands (``2852039166``, ``0xa9.0xfe.0xa9.0xfe``, ``0251.0376.0251.0376``). aiohttp does not
+call the resolver for IP literals, so :func:`check_url` vets literal hosts itself; callers run
+it before every attempt.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from functools import lru_cache
 from typing import Final
@@ -28,12 +39,74 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALLOWED_SCHEMES: Final = frozenset({"http", "https"})
 
-# ``is_global`` covers private, loopback, link-local, reserved, CGNAT, documentation and
-# benchmark ranges; these are named too so a refusal can say which rule applied.
-_METADATA: Final = frozenset({ipaddress.ip_address("169.254.169.254"),
-                              ipaddress.ip_address("fd00:ec2::254")})
+# Instance metadata and credential services: AWS/GCP/Azure/OpenStack/DigitalOcean/Oracle
+# (169.254.169.254), AWS over IPv6 (fd00:ec2::254), ECS task credentials (169.254.170.2), EKS
+# Pod Identity (169.254.170.23, fd00:ec2::23), Alibaba (100.100.100.200), Oracle legacy
+# (192.0.0.192).
+METADATA_ADDRESSES: Final = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "169.254.170.23", "100.100.100.200", "192.0.0.192",
+    "fd00:ec2::254", "fd00:ec2::23"))
+
+
+def _blocks(*entries: tuple[str, str]) -> tuple[tuple[ipaddress.IPv4Network
+                                                     | ipaddress.IPv6Network, str], ...]:
+    return tuple((ipaddress.ip_network(block), name) for block, name in entries)
+
+
+# https://www.iana.org/assignments/iana-ipv4-special-registry (every entry; the more specific
+# ones inside 192.0.0.0/24 are covered by it), plus multicast.
+IPV4_SPECIAL: Final = _blocks(
+    ("0.0.0.0/8", "'this network' (RFC 791)"),
+    ("10.0.0.0/8", "private-use (RFC 1918)"),
+    ("100.64.0.0/10", "shared/CGNAT (RFC 6598)"),
+    ("127.0.0.0/8", "loopback (RFC 1122)"),
+    ("169.254.0.0/16", "link-local (RFC 3927)"),
+    ("172.16.0.0/12", "private-use (RFC 1918)"),
+    ("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+    ("192.0.2.0/24", "documentation (RFC 5737)"),
+    ("192.31.196.0/24", "AS112-v4 (RFC 7535)"),
+    ("192.52.193.0/24", "AMT (RFC 7450)"),
+    ("192.88.99.0/24", "deprecated 6to4 relay anycast (RFC 7526)"),
+    ("192.168.0.0/16", "private-use (RFC 1918)"),
+    ("192.175.48.0/24", "AS112 direct delegation (RFC 7534)"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("198.51.100.0/24", "documentation (RFC 5737)"),
+    ("203.0.113.0/24", "documentation (RFC 5737)"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("240.0.0.0/4", "reserved (RFC 1112)"),
+    ("255.255.255.255/32", "limited broadcast (RFC 919)"),
+)
+
+# https://www.iana.org/assignments/iana-ipv6-special-registry (every entry; 2001::/23 covers
+# Teredo, PCP/TURN/DNS-SD anycast, benchmarking, AMT, AS112-v6, ORCHID and DETs). The forms
+# that embed IPv4 (::ffff:0:0/96, 64:ff9b::/96, 2002::/16, 2001::/32) are judged by that IPv4
+# address before this table is consulted.
+IPV6_SPECIAL: Final = _blocks(
+    ("::1/128", "loopback (RFC 4291)"),
+    ("::/128", "unspecified (RFC 4291)"),
+    ("::ffff:0:0/96", "IPv4-mapped (RFC 4291)"),
+    ("64:ff9b::/96", "IPv4-IPv6 translation (RFC 6052)"),
+    ("64:ff9b:1::/48", "local-use IPv4-IPv6 translation (RFC 8215)"),
+    ("100::/64", "discard-only (RFC 6666)"),
+    ("100:0:0:1::/64", "dummy prefix (RFC 9780)"),
+    ("2001::/23", "IETF protocol assignments (RFC 2928)"),
+    ("2001:db8::/32", "documentation (RFC 3849)"),
+    ("2002::/16", "6to4 (RFC 3056)"),
+    ("2620:4f:8000::/48", "AS112 direct delegation (RFC 7534)"),
+    ("3fff::/20", "documentation (RFC 9637)"),
+    ("5f00::/16", "segment routing SIDs (RFC 9602)"),
+    ("fc00::/7", "unique-local (RFC 4193)"),
+    ("fe80::/10", "link-local (RFC 4291)"),
+)
+# Outside the registry, named so a refusal says which rule applied; anything else outside
+# 2000::/3 is "not global unicast".
+IPV6_OUTSIDE_GLOBAL_UNICAST: Final = _blocks(
+    ("fec0::/10", "deprecated site-local (RFC 3879)"),
+    ("ff00::/8", "multicast (RFC 4291)"),
+)
+_GLOBAL_UNICAST: Final = ipaddress.ip_network("2000::/3")
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
-_CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+_NUMERIC_HOST: Final = re.compile(r"[0-9a-fA-FxX.]+")
 
 
 class TargetForbidden(OSError):
@@ -59,41 +132,55 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
+def _special_block(address: IPAddress) -> str | None:
+    if isinstance(address, ipaddress.IPv4Address):
+        return next((name for block, name in IPV4_SPECIAL if address in block), None)
+    for block, name in (*IPV6_SPECIAL, *IPV6_OUTSIDE_GLOBAL_UNICAST):
+        if address in block:
+            return name
+    if address not in _GLOBAL_UNICAST:
+        return "non-global-unicast (outside 2000::/3)"
+    return None
+
+
+def metadata_reason(address: IPAddress) -> str | None:
+    """Why ``address`` is a cloud metadata target (itself or the IPv4 address it embeds)."""
+    if address in METADATA_ADDRESSES:
+        return "cloud metadata address"
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and embedded in METADATA_ADDRESSES:
+            return "IPv6 form of a cloud metadata address"
+    return None
+
+
 def refusal_reason(address: IPAddress) -> str | None:
     """Why ``address`` may not be a webhook target, or ``None`` when it is public."""
-    if address in _METADATA:
-        return "cloud metadata address"
+    if (reason := metadata_reason(address)) is not None:
+        return reason
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             inner = refusal_reason(embedded)
             return f"IPv6 form of a non-public IPv4 address ({inner})" if inner else None
-    checks = (("loopback", address.is_loopback), ("unspecified", address.is_unspecified),
-              ("link-local", address.is_link_local), ("multicast", address.is_multicast),
-              ("shared/CGNAT", isinstance(address, ipaddress.IPv4Address) and address in _CGNAT),
-              ("private", address.is_private), ("reserved", address.is_reserved))
-    for name, hit in checks:
-        if hit:
-            return f"{name} address"
-    if not address.is_global:
-        return "non-global address"
-    return None
+    block = _special_block(address)
+    return f"{block} address" if block else None
 
 
 ALLOW_HINT: Final = "(WEBHOOK_ALLOW_PRIVATE=true allows it)"
+METADATA_HINT: Final = "(never allowed, not even with WEBHOOK_ALLOW_PRIVATE=true)"
 
 
 def check_address(host: str, *, allow_private: bool, name: str | None = None) -> None:
     """Raise ``TargetForbidden`` when the IP address ``host`` (resolved from ``name``, if
-    given) is not an allowed target."""
-    if allow_private:
-        return
+    given) is not an allowed target. With ``allow_private`` only metadata addresses are."""
     address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
-    reason = refusal_reason(address)
+    reason, hint = metadata_reason(address), METADATA_HINT
+    if reason is None and not allow_private:
+        reason, hint = refusal_reason(address), ALLOW_HINT
     if reason:
         target = f"host {name} resolves to {address}" if name else f"address {address}"
-        raise TargetForbidden(f"SSRF guard refused the target: {target} is a {reason} "
-                              f"{ALLOW_HINT}")
+        raise TargetForbidden(f"SSRF guard refused the target: {target} is a {reason} {hint}")
 
 
 @lru_cache(maxsize=4096)
@@ -115,9 +202,23 @@ def check_url(url: str, *, allow_private: bool) -> URL:
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
+        numeric = _numeric_ipv4(host)
+        if numeric is not None:  # vetted here whether or not the HTTP client accepts it
+            check_address(str(numeric), allow_private=allow_private, name=host)
         return parsed  # a hostname: the resolver vets what it resolves to
     check_address(host, allow_private=allow_private)
     return parsed
+
+
+def _numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a resolver makes of a numeric spelling that is not dotted-quad
+    (``2852039166``, ``0xa9fea9fe``, ``0251.0376.0251.0376``, ``169.254.43518``)."""
+    if not _NUMERIC_HOST.fullmatch(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 class GuardedResolver(AbstractResolver):

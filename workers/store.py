@@ -19,8 +19,11 @@ import asyncpg
 RECHECK_HORIZON_SECONDS = 5.0
 
 _CLAIM = """
-SELECT d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_at,
-       a.config::text AS config, a.enabled AND t.enabled AS enabled, t.name AS trigger_name, t.event_signature,
+SELECT d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_at, d.action_id,
+       a.config::text AS config, a.secret,
+       CASE WHEN a.previous_secret_expires_at > clock_timestamp() THEN a.previous_secret
+       END AS previous_secret,
+       a.enabled AND t.enabled AS enabled, t.name AS trigger_name, t.event_signature,
        e.id IS NOT NULL AS event_found, e.chain_id, e.block_number, e.block_hash, e.block_time,
        e.tx_hash, e.tx_index, e.log_index, e.address, e.topic0, e.topic1, e.topic2, e.topic3,
        e.data, e.invalidated

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from core.errors import ConfigError
+from core.redact import redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +29,7 @@ def _server_url(database_url: str) -> tuple[str, str]:
     parts = urlsplit(database_url)
     name = parts.path.lstrip("/")
     if not name:
-        raise ConfigError(f"DATABASE_URL {database_url!r} names no database")
+        raise ConfigError(f"DATABASE_URL {redact_url(database_url)!r} names no database")
     return urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, "")), name
 
 

@@ -11,6 +11,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from core.queue import QUEUE_NAME
+from core.redact import redact_urls_in
 from core.schema import DELIVERY_STATUSES
 
 
@@ -159,6 +160,6 @@ def queue_status(redis_url: str) -> QueueStatus:
             workers=Worker.count(queue=queue),
         )
     except RedisError as error:
-        return QueueStatus(name=QUEUE_NAME, error=str(error))
+        return QueueStatus(name=QUEUE_NAME, error=redact_urls_in(str(error)))
     finally:
         redis.close()

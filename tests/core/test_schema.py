@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import select
 from datetime import UTC, datetime
 
@@ -11,8 +13,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
+from core.crypto import Keyring, generate_key
 from core.db import sqlalchemy_url
+from core.roles import READONLY, ROLES, WORKERS
 from core.schema import EVENTS_CONFLICT_TARGET, metadata
+from core.sealing import seal_secrets
 from tests.support import databases
 
 ADDRESS = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
@@ -49,6 +54,8 @@ def test_migration_round_trip(request: pytest.FixtureRequest, backend: str) -> N
     url = databases.create_database(server)
     try:
         databases.alembic(url, "upgrade", "head")
+        if backend == "plain":
+            _sealed_secrets_survive_a_downgrade(url)
         databases.alembic(url, "downgrade", "base")
         with psycopg.connect(url) as conn:
             leftovers = conn.execute(
@@ -56,7 +63,15 @@ def test_migration_round_trip(request: pytest.FixtureRequest, backend: str) -> N
                    WHERE n.nspname = 'public' AND relname NOT LIKE 'alembic_version%'""").fetchall()
             functions = conn.execute(
                 "SELECT proname FROM pg_proc WHERE proname LIKE 'blockhook_%'").fetchall()
-        assert leftovers == [] and functions == []
+            # Roles are cluster-wide and shared with other databases: they stay.
+            kept = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
+                                (list(ROLES),)).fetchone()
+        assert leftovers == [] and functions == [] and kept == (len(ROLES),)
+        if backend == "plain":  # another database's grants are untouched by this downgrade
+            with psycopg.connect(request.getfixturevalue("plain_database")) as conn:
+                assert conn.execute("SELECT has_table_privilege(%s, 'events', 'SELECT'),"
+                                    " has_column_privilege(%s, 'actions', 'secret', 'SELECT')",
+                                    (READONLY, WORKERS)).fetchone() == (True, True)
         databases.alembic(url, "upgrade", "head")
         with psycopg.connect(url) as conn:
             hypertables = conn.execute(
@@ -64,6 +79,25 @@ def test_migration_round_trip(request: pytest.FixtureRequest, backend: str) -> N
         assert hypertables == ((1,) if backend == "timescale" else (0,))
     finally:
         databases.drop_database(url)
+
+
+def _sealed_secrets_survive_a_downgrade(url: str) -> None:
+    """Downgrading below 0003 puts each secret back into ``config`` in plaintext: it opens
+    envelopes with the key, and refuses without it rather than lose secrets."""
+    secret, key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", generate_key()
+    with psycopg.connect(url, autocommit=True) as conn:
+        trigger_id = conn.execute("INSERT INTO triggers (name, chain_id, event_signature)"
+                                  " VALUES ('t', 1, 'E()') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO actions (trigger_id, config) VALUES (%s, %s)",
+                     (trigger_id, json.dumps({"url": "https://example.com", "secret": secret})))
+        assert seal_secrets(conn, Keyring.from_text(key)).sealed == 1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKHOOK_ENCRYPTION_KEY")}
+    with pytest.raises(RuntimeError, match="set BLOCKHOOK_ENCRYPTION_KEY to downgrade"):
+        databases.alembic(url, "downgrade", "0001", env=env)
+    databases.alembic(url, "downgrade", "0001", env={**env, "BLOCKHOOK_ENCRYPTION_KEY": key})
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT config->>'secret' FROM actions").fetchone() == (secret,)
+        conn.execute("DELETE FROM triggers")
 
 
 def test_metadata_is_the_migrated_schema(db_url: str) -> None:

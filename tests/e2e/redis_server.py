@@ -15,13 +15,14 @@ from tests.support.ports import free_port
 
 
 class RedisServer:
-    def __init__(self, *, log_path: Path) -> None:
+    def __init__(self, *, log_path: Path, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (Debian package redis-server)")
         self.binary = binary
         self.port = free_port()
         self.log_path = log_path
+        self.password = password  # clients must AUTH with it (requirepass)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -32,10 +33,11 @@ class RedisServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no"],
+                 "--appendonly", "no", "--daemonize", "no",
+                 *(["--requirepass", self.password] if self.password else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, password=self.password)
         deadline = time.monotonic() + 10
         try:
             while True:

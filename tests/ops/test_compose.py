@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from core import settings as core_settings
+from core.roles import INGEST, PROCESSOR, ROLES, WORKERS, password_variable
 from core.settings import BaseServiceSettings, IngestSettings, ProcessorSettings, WorkerSettings
 from tests.support.ports import free_port
 
@@ -25,11 +26,14 @@ COMPOSE = ROOT / "docker-compose.yml"
 APP_IMAGE_SERVICES = {"migrate", "ingest", "processor", "workers"}
 LONG_RUNNING = {"timescaledb", "redis", "anvil", "ingest", "processor", "workers"}
 # Variables read outside the settings classes, and by whom (documented in README/operations).
-MIGRATION_VARIABLES = {"EVENTS_CHUNK_INTERVAL"}
+MIGRATION_VARIABLES = {"EVENTS_CHUNK_INTERVAL", *(password_variable(role) for role in ROLES)}
 EXTERNAL_IMAGE_VARIABLES = {"timescaledb": {"POSTGRES_PASSWORD", "POSTGRES_DB"}}
 SETTINGS_FOR = {"ingest": IngestSettings, "processor": ProcessorSettings,
                 "workers": WorkerSettings, "migrate": BaseServiceSettings}
-EXAMPLE_ENV = {"POSTGRES_PASSWORD": "secret", "RPC_URL": "http://anvil:8545", "CHAIN_ID": "31337"}
+EXAMPLE_ENV = {"POSTGRES_PASSWORD": "secret", "RPC_URL": "http://anvil:8545", "CHAIN_ID": "31337",
+               "BLOCKHOOK_INGEST_PASSWORD": "ingest-pw", "BLOCKHOOK_PROCESSOR_PASSWORD": "proc-pw",
+               "BLOCKHOOK_WORKERS_PASSWORD": "workers-pw"}
+SERVICE_ROLES = {"ingest": INGEST, "processor": PROCESSOR, "workers": WORKERS}
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:[-?])(?P<arg>[^}]*))?\}")
 
@@ -107,6 +111,8 @@ def test_expected_services_and_pinned_images(services: dict[str, Any]) -> None:
 
 
 def _command_exists(command: list[str]) -> bool:
+    if command[:2] == ["sh", "-c"]:
+        return all(_command_exists(part.split()) for part in command[2].split("&&"))
     if command[:2] == ["python", "-m"]:
         module = command[2]
         return (ROOT / module.replace(".", "/") / "__main__.py").is_file() or \
@@ -126,7 +132,24 @@ def test_every_blockhook_command_exists_in_the_code(services: dict[str, Any]) ->
         healthcheck = services[name]["healthcheck"]
         if name != "migrate":
             assert healthcheck["test"][0] == "CMD" and _command_exists(healthcheck["test"][1:])
-    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["migrate"]["command"] == [
+        "sh", "-c", "alembic upgrade head && python scripts/roles.py"]
+
+
+def test_each_service_connects_with_its_own_role(services: dict[str, Any]) -> None:
+    """Least privilege: only the one-shot migration holds the administrator's password; each
+    service logs in as its role with the password migrate sets; only workers get the key."""
+    for name, role in SERVICE_ROLES.items():
+        url = services[name]["environment"]["DATABASE_URL"]
+        password = EXAMPLE_ENV[password_variable(role)]
+        assert url == f"postgresql://{role}:{password}@timescaledb:5432/blockhook", name
+    assert services["migrate"]["environment"]["DATABASE_URL"].startswith("postgresql://postgres:")
+    for role in SERVICE_ROLES.values():
+        variable = password_variable(role)
+        assert services["migrate"]["environment"][variable] == EXAMPLE_ENV[variable]
+    holders = {name for name, service in services.items()
+               if "BLOCKHOOK_ENCRYPTION_KEY" in service.get("environment", {})}
+    assert holders == {"workers"}
 
 
 def test_every_environment_variable_is_a_known_setting_and_validates(

@@ -61,6 +61,9 @@ def test_make_run_once_succeeds(absent_database: str, redis_url: str) -> None:
     assert result.returncode == 0, output[-6000:]
     assert elapsed < 50, f"the smoke test took {elapsed:.0f} s"
     assert "created database" in output and "schema migrated" in output
+    # Each service ran as its own role (and the demo's webhooks arrived, so each could work).
+    assert ("services connect as ingest=blockhook_ingest, processor=blockhook_processor, "
+            "workers=blockhook_workers") in output
     assert "once: OK, signed webhooks received and verified" in output
     verified = re.findall(r"receiver\s+\| ✔ verified (dlv_\d+) event\.matched", output)
     assert len(set(verified)) == 3, output[-4000:]  # the mint and the two large transfers

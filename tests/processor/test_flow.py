@@ -19,6 +19,7 @@ from processor.refire import refire
 from tests.processor.conftest import Harness
 from tests.processor.helpers import (
     GENESIS,
+    SECRET,
     TOKEN,
     Log,
     add_trigger,
@@ -99,10 +100,11 @@ async def test_invalid_triggers_are_recorded_and_valid_ones_keep_firing(
             "malformed-shape": dict(conditions={"all": {"field": "value", "op": "eq"}}),
             "ftp-url": dict(configs=[{"url": "ftp://example.com/hook"}]),
             "not-a-number": dict(conditions={"field": "value", "op": "gt", "value": "lots"}),
-            "bad-secret": dict(configs=[{"url": "https://example.com", "secret": "whsec_!!"}]),
         }
         ids = {name: (await add_trigger(conn, name, **kwargs))[0] for name, kwargs in invalid.items()}
-        await add_trigger(conn, "valid", conditions=WHALE)
+        # An action in an endpoint secret rotation window is valid (the rotation key is known).
+        await add_trigger(conn, "valid", conditions=WHALE, configs=[{
+            "url": "https://example.com/hook", "secret": SECRET, "previous_secret_ttl": 60}])
         await insert_events(conn, [transfer(1, 0, 10_000)])
         with capture_logs() as logged:
             await harness.step()
@@ -117,7 +119,6 @@ async def test_invalid_triggers_are_recorded_and_valid_ones_keep_firing(
         assert "'all' takes a list" in errors["malformed-shape"]
         assert "action" in errors["ftp-url"] and "ftp" in errors["ftp-url"]
         assert "'lots' is not an integer" in errors["not-a-number"]
-        assert "base64" in errors["bad-secret"]
         assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1
         # Writing the reason again is skipped (no churn); fixing the trigger clears it.
         before = await conn.fetchval("SELECT updated_at FROM triggers WHERE id = $1",

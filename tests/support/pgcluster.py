@@ -27,22 +27,33 @@ def _as_postgres(*cmd: str) -> list[str]:
 class PgCluster:
     """``start()``, ``stop()``, ``restart()``, ``kill()``; ``url`` names the ``postgres`` db."""
 
-    def __init__(self, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, *, settings: dict[str, str] | None = None,
+                 password: str | None = None) -> None:
+        """``password``: TCP connections must authenticate (SCRAM) with it; without, trust."""
         self.port = free_port()
         self.settings = settings or {}
+        self.password = password
         self.root = Path(tempfile.mkdtemp(prefix="bh-pg-"))
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
         os.chmod(self.root, 0o777)
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
+        auth = ["--auth=trust"]
+        if password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(password + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         subprocess.run(_as_postgres(str(PG_BIN / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                                    "--auth=trust", "-E", "UTF8", "--no-sync"),
+                                    *auth, "-E", "UTF8", "--no-sync"),
                        check=True, capture_output=True, timeout=120)
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        userinfo = "postgres" if self.password is None else f"postgres:{self.password}"
+        return f"postgresql://{userinfo}@127.0.0.1:{self.port}/postgres"
 
     def _options(self) -> str:
         options = {"port": str(self.port), "listen_addresses": "127.0.0.1",

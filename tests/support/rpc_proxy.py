@@ -125,7 +125,8 @@ class RpcProxy:
     async def _start(self) -> None:
         self._session = ClientSession(timeout=ClientTimeout(total=60))
         app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_post("/", self._handle)
+        # Any path: hosted providers put API keys there (``/v2/<key>``), and tests do too.
+        app.router.add_post("/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
