@@ -13,6 +13,8 @@ from core.logging import configure_logging
 from core.metrics import serve_metrics
 from core.settings import ProcessorSettings, load_settings
 from processor.service import POOL_SERVER_SETTINGS, Processor
+from retention.policy import RetentionPolicy
+from retention.runner import RetentionSchedule
 
 log = structlog.get_logger("processor")
 
@@ -28,9 +30,13 @@ async def main(stop: asyncio.Event) -> None:
                                         socket_timeout=5)
     processor = Processor(database_url=settings.database_url, pool=pool,
                           redis_client=redis_client, batch_size=settings.processor_batch_size,
-                          sweep_interval=settings.processor_sweep_interval)
+                          sweep_interval=settings.processor_sweep_interval,
+                          retention=RetentionSchedule(RetentionPolicy.from_settings(settings),
+                                                      interval=settings.retention_interval))
     log.info("processor starting", batch_size=settings.processor_batch_size,
-             sweep_interval=settings.processor_sweep_interval)
+             sweep_interval=settings.processor_sweep_interval,
+             retention=RetentionPolicy.from_settings(settings).describe(),
+             retention_interval=settings.retention_interval)
     try:
         await processor.run(stop)
     finally:
