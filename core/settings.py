@@ -127,7 +127,7 @@ def format_duration(value: timedelta | None) -> str:
     if value is None:
         return KEEP_FOREVER
     seconds = value.total_seconds()
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         if seconds >= _DURATION_SECONDS[unit] and seconds % _DURATION_SECONDS[unit] == 0:
             return f"{seconds / _DURATION_SECONDS[unit]:.0f}{unit}"
     return f"{seconds:g}s"

@@ -85,7 +85,8 @@ WHERE hypertable_schema = current_schema() AND hypertable_name = 'events' AND ra
 ORDER BY range_start
 """
 _CHUNK_ROWS = "SELECT count(*) FROM events WHERE block_time >= $1 AND block_time < $2"
-_CHUNK_BYTES = "SELECT total_bytes FROM chunks_detailed_size('events') WHERE format('%I.%I', chunk_schema, chunk_name) = $1"
+_CHUNK_BYTES = """SELECT total_bytes FROM chunks_detailed_size('events')
+                  WHERE format('%I.%I', chunk_schema, chunk_name) = $1"""
 _DROP = "SELECT drop_chunks('events', older_than => $1::timestamptz)"
 
 LOCK_TIMEOUT_MS = 2000
@@ -172,6 +173,13 @@ async def due_chunks(conn: asyncpg.Connection, before: datetime) -> list[asyncpg
     return list(await conn.fetch(_CHUNKS_BEFORE, before))
 
 
+async def chunk_size(conn: asyncpg.Connection, chunk: asyncpg.Record) -> tuple[int, int]:
+    """(rows, bytes) of a chunk from :func:`due_chunks`: rows counted through the hypertable
+    (compressed ones included), bytes with indexes and TOAST."""
+    rows = await conn.fetchval(_CHUNK_ROWS, chunk["range_start"], chunk["range_end"])
+    return int(rows), int(await conn.fetchval(_CHUNK_BYTES, chunk["chunk"]) or 0)
+
+
 async def drop_chunks(conn: asyncpg.Connection, *, cutoff: datetime, reorg_window: int,
                       lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> EventsPruned:
     """Drop the chunks entirely older than the effective horizon (see the module docstring).
@@ -182,9 +190,7 @@ async def drop_chunks(conn: asyncpg.Connection, *, cutoff: datetime, reorg_windo
     if not candidates:
         return result
     # Counted before taking the lock (a scan of cold chunks must not hold writers back).
-    rows = {c["chunk"]: await conn.fetchval(_CHUNK_ROWS, c["range_start"], c["range_end"])
-            for c in candidates}
-    sizes = {c["chunk"]: await conn.fetchval(_CHUNK_BYTES, c["chunk"]) or 0 for c in candidates}
+    sizes = {c["chunk"]: await chunk_size(conn, c) for c in candidates}
     try:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
@@ -198,6 +204,6 @@ async def drop_chunks(conn: asyncpg.Connection, *, cutoff: datetime, reorg_windo
                            f"{lock_timeout_ms} ms); the next pass retries")
         return result
     result.chunks = dropped
-    result.rows = sum(rows.get(name, 0) for name in dropped)
-    result.bytes = sum(sizes.get(name, 0) for name in dropped)
+    result.rows = sum(sizes[name][0] for name in dropped if name in sizes)
+    result.bytes = sum(sizes[name][1] for name in dropped if name in sizes)
     return result

@@ -52,7 +52,7 @@ class RetentionPolicy:
                 "event_batches": format_duration(self.event_batches),
                 "deliveries": format_duration(self.deliveries),
                 "reorgs": format_duration(self.reorgs),
-                "blocks": f"reorg window ({self.reorg_window} + {BLOCKS_MARGIN} blocks)",
+                "blocks": f"last {self.reorg_window + BLOCKS_MARGIN}",
                 "events_compress_after": format_duration(self.compress_after)}
 
 
