@@ -73,8 +73,8 @@ def print_plan(result: Plan, console: Console) -> None:
         console.print(f"chunk to drop: {chunk.chunk} [{_when(chunk.range_start)} .. "
                       f"{_when(chunk.range_end)}), {chunk.rows:,} rows, {_bytes(chunk.bytes)}")
     console.print(f"compression: {horizon.compression} — {horizon.compression_detail}")
-    for chunk in result.chunks_to_compress:
-        console.print(f"chunk to compress: {chunk}")
+    for name in result.chunks_to_compress:
+        console.print(f"chunk to compress: {name}")
 
 
 def print_pass(report: PassReport, seconds: float, console: Console) -> None:
