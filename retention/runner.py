@@ -182,7 +182,8 @@ class RetentionSchedule:
     """The processor's hook: ``await schedule.run_if_due(pool)`` from its periodic sweep.
 
     Every ``interval`` seconds a pass starts; it runs as slices of at most ``slice_seconds``,
-    one per call, until it completes, then logs one summary line. A pass another runner holds the
+    one per call and each followed by a pause as long as itself, until it completes, then logs
+    one summary line. A pass another runner holds the
     lock for is skipped (that runner does the work). Transient database errors are logged and
     retried at the next call; anything else is a bug and propagates."""
 
@@ -201,6 +202,7 @@ class RetentionSchedule:
             return None
         if self._pass is None:
             self._pass, self._pass_started = PassReport(), time.monotonic()
+        started = time.monotonic()
         try:
             async with pool.acquire() as conn:
                 report = await self.runner.run(conn, slice_seconds=self.slice_seconds)
@@ -213,7 +215,10 @@ class RetentionSchedule:
             return None
         self._pass.add(report)
         if not report.done:
-            return None  # carry on at the next call
+            # Carry on after a pause as long as the slice ran (whatever the sweep interval):
+            # retention takes at most half of one connection's time from live work.
+            self._due = time.monotonic() + (time.monotonic() - started)
+            return None
         finished, self._pass = self._pass, None
         self._due = time.monotonic() + self.interval
         log.info("retention pass", seconds=round(time.monotonic() - self._pass_started, 1),

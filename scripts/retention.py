@@ -3,9 +3,12 @@
 The processor runs the same pass every ``RETENTION_INTERVAL`` seconds; this command is for cron
 (with ``RETENTION_INTERVAL=0`` on the processors), a first clean-up, or a look at what would go.
 
-- without options: one whole pass (``retention.runner``); if another runner (a processor) is in
-  the middle of one, it says so once and waits for it (Ctrl-C aborts: exit 130, nothing is left
-  half-done). Prints rows deleted per table, chunks dropped or compressed, bytes freed.
+- without options: one whole pass (``retention.runner``), paced like the processor's (slices of a
+  second, each followed by an equal pause, so live ingest keeps most of the database); if
+  another runner (a processor) is in the middle of one, it says so once and waits for it
+  (Ctrl-C aborts: exit 130, nothing is left half-done). Prints rows deleted per table, chunks
+  dropped or compressed, bytes freed.
+- ``--no-pause``: the same pass as fast as the database allows (a maintenance window).
 - ``--dry-run``: prints the horizon of each kind of data, what holds the events horizon back and
   what a pass would delete and compress now; writes nothing and takes no lock.
 
@@ -38,6 +41,7 @@ from retention.policy import RetentionPolicy  # noqa: E402
 from retention.runner import PassReport, RetentionRunner  # noqa: E402
 
 WAIT_SECONDS = 1.0
+SLICE_SECONDS = 1.0
 
 
 def _when(value: Any) -> str:
@@ -91,22 +95,33 @@ def print_pass(report: PassReport, seconds: float, console: Console) -> None:
         console.print(f"[yellow]put off: {reason}[/]")
 
 
-async def run_pass(database_url: str, runner: RetentionRunner, *,
+async def run_pass(database_url: str, runner: RetentionRunner, *, pause: bool,
                    console: Console) -> tuple[PassReport, float]:
-    """One whole pass; waits while another runner holds the retention lock."""
+    """One whole pass, in paced slices unless ``pause`` is False; waits while another runner
+    holds the retention lock."""
     conn = await connect(database_url)
     try:
         waited = False
+        total: PassReport | None = None
+        started = time.monotonic()
         while True:
-            started = time.monotonic()
-            report = await runner.run(conn)
-            if report is not None:
-                return report, time.monotonic() - started
-            if not waited:
-                console.print("waiting: another retention pass is running (a processor); this "
-                              "one starts when it ends. Ctrl-C to abort.", style="yellow")
-                waited = True
-            await asyncio.sleep(WAIT_SECONDS)
+            slice_started = time.monotonic()
+            report = await runner.run(conn, slice_seconds=SLICE_SECONDS if pause else None)
+            if report is None:
+                if not waited:
+                    console.print("waiting: another retention pass is running (a processor); "
+                                  "this one starts when it ends. Ctrl-C to abort.",
+                                  style="yellow")
+                    waited = True
+                await asyncio.sleep(WAIT_SECONDS)
+                continue
+            if total is None:
+                total, started = report, slice_started
+            else:
+                total.add(report)
+            if report.done:
+                return total, time.monotonic() - started
+            await asyncio.sleep(time.monotonic() - slice_started)
     finally:
         await conn.close()
 
@@ -127,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print what a pass would delete and compress; change nothing")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-pause", action="store_true",
+                        help="do not pace the pass (by default each second of work is followed "
+                             "by a second of pause, as in the processor)")
     args = parser.parse_args(argv)
     settings = load_settings(RetentionSettings)
     # What the pass did is printed below; log lines only for warnings (a slice put off, say).
@@ -142,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                 print_plan(result, console)
             return
         runner = RetentionRunner(policy)
-        report, seconds = asyncio.run(run_pass(settings.database_url, runner, console=console))
+        report, seconds = asyncio.run(run_pass(settings.database_url, runner,
+                                               pause=not args.no_pause, console=console))
     except KeyboardInterrupt:
         print("retention: interrupted (every statement is its own transaction: nothing is "
               "half-done)", file=sys.stderr)
