@@ -93,9 +93,13 @@ async def _repeat(conn: asyncpg.Connection, doomed: Doomed, *args: object, batch
 
 
 def _guard_arrays(guards: list[ChainGuard]) -> tuple[list[int], list[int]]:
-    protected = [g for g in guards if g.first_protected_event_id is not None]
-    return ([g.chain_id for g in protected],
-            [g.first_protected_event_id for g in protected])  # type: ignore[misc]
+    """Per chain with protected events: (chain ids, their lowest protected event id)."""
+    chains, first_ids = [], []
+    for guard in guards:
+        if guard.first_protected_event_id is not None:
+            chains.append(guard.chain_id)
+            first_ids.append(guard.first_protected_event_id)
+    return chains, first_ids
 
 
 async def prune_event_batches(conn: asyncpg.Connection, *, cutoff: datetime, batch_rows: int,

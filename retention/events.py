@@ -131,11 +131,16 @@ async def _scan_end(conn: asyncpg.Connection, chain_id: int, first: int,
     return int(low)
 
 
+async def chains_in_events(conn: asyncpg.Connection) -> list[int]:
+    """The chain ids present in ``events`` (a loose index scan: one probe per chain)."""
+    return [row["chain_id"] for row in await conn.fetch(_CHAINS)]
+
+
 async def _chain_ranges(conn: asyncpg.Connection,
                         cutoff: datetime) -> list[tuple[int, int, int]]:
     """Per chain in ``events``: (chain, its oldest block, the scan end for ``cutoff``)."""
     ranges = []
-    for chain_id in [row["chain_id"] for row in await conn.fetch(_CHAINS)]:
+    for chain_id in await chains_in_events(conn):
         first = await conn.fetchval(_FIRST_BLOCK, chain_id)
         if first is not None:
             ranges.append((chain_id, first, await _scan_end(conn, chain_id, first, cutoff)))

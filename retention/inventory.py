@@ -9,6 +9,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from core.schema import metadata
+from retention.events import chains_in_events
 
 # The column that dates a row, per table ("oldest row"). ``events``: see _OLDEST_EVENT.
 OLDEST_BY = {
@@ -17,19 +18,10 @@ OLDEST_BY = {
     "triggers": "created_at", "actions": "created_at",
 }
 
-# The oldest event of each chain is the first by block number (block times do not decrease
-# along a chain): one index probe per chain instead of a scan (there is no block_time index).
-_OLDEST_EVENT = """
-WITH RECURSIVE chains AS (
-    (SELECT chain_id FROM events ORDER BY chain_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT e.chain_id FROM events e WHERE e.chain_id > c.chain_id
-            ORDER BY e.chain_id LIMIT 1)
-    FROM chains c WHERE c.chain_id IS NOT NULL
-)
-SELECT min((SELECT e.block_time FROM events e WHERE e.chain_id = c.chain_id
-            ORDER BY e.block_number LIMIT 1))
-FROM chains c WHERE c.chain_id IS NOT NULL
+# The oldest event of a chain is its first by block number (block times do not decrease along
+# a chain): one index probe per chain instead of a scan (there is no block_time index).
+_FIRST_EVENT_TIME = """
+SELECT block_time FROM events WHERE chain_id = $1 ORDER BY block_number LIMIT 1
 """
 _PLAIN_SIZES = """
 SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes,
@@ -71,7 +63,9 @@ async def table_stats(conn: asyncpg.Connection, *, storage: str) -> list[TableSt
     for name, (size, rows) in (await table_sizes(conn, storage=storage)).items():
         column = "block_time" if name == "events" else OLDEST_BY.get(name)
         if name == "events":
-            oldest = await conn.fetchval(_OLDEST_EVENT)
+            firsts = [await conn.fetchval(_FIRST_EVENT_TIME, chain_id)
+                      for chain_id in await chains_in_events(conn)]
+            oldest = min((t for t in firsts if t is not None), default=None)
         elif column:
             oldest = await conn.fetchval(f"SELECT min({column}) FROM {name}")
         else:

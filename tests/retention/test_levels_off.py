@@ -22,7 +22,7 @@ POLICY = RetentionPolicy(events=days(RETAINED_DAYS), event_batches=days(1),
 TABLES = ("events", "event_batches", "deliveries", "reorgs")
 
 
-async def test_rows_and_bytes_level_off(db_url: str, request: object) -> None:
+async def test_rows_and_bytes_level_off(db_url: str) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     runner = RetentionRunner(POLICY)
     conn = await connect(db_url)
