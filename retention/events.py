@@ -49,7 +49,9 @@ ORDER BY block_number LIMIT 1
 # $1 chain, $2 first block to look at, $3 first block not to look at (a scan bound only: the
 # age test is the block_time condition), $4 reorg window, $5 cutoff, $6 rows (NULL: all).
 # The guards are evaluated in the statement that deletes (one snapshot): see the docstring.
-_DOOMED = """
+# ``candidates`` is materialised on its own so that it stays an index scan in block order that
+# stops after $6 rows (with the anti-joins inside, the planner scans and sorts the whole range).
+_CANDIDATES = """
 WITH guard AS (
     SELECT coalesce(least(
                (SELECT c.block_number - $4 FROM checkpoints c WHERE c.chain_id = $1),
@@ -59,23 +61,31 @@ WITH guard AS (
            least($5::timestamptz,
                  (SELECT min(b.min_block_time) FROM event_batches b
                   WHERE b.chain_id = $1 AND b.processed_at IS NULL)) AS before_time
-), doomed AS (
-    SELECT e.ctid, e.block_number
+), candidates AS MATERIALIZED (
+    SELECT e.ctid, e.id, e.block_number
     FROM events e, guard g
     WHERE e.chain_id = $1 AND e.block_number >= $2 AND e.block_number < $3
       AND e.block_number <= g.last_block
       AND e.block_time < g.before_time
-      AND NOT EXISTS (SELECT 1 FROM deferred_matches m WHERE m.event_id = e.id)
-      AND NOT EXISTS (SELECT 1 FROM deliveries d
-                      WHERE d.event_id = e.id AND d.status IN ('pending', 'queued'))
     ORDER BY e.block_number
     LIMIT $6
 )"""
-_DELETE_BATCH = _DOOMED + """
-DELETE FROM events e USING doomed WHERE e.ctid = doomed.ctid
-RETURNING e.block_number
+_UNPINNED = """
+    NOT EXISTS (SELECT 1 FROM deferred_matches m WHERE m.event_id = c.id)
+    AND NOT EXISTS (SELECT 1 FROM deliveries d
+                    WHERE d.event_id = c.id AND d.status IN ('pending', 'queued'))"""
+# Returns how many rows were deleted, how many candidates were looked at, and the last block
+# among them (where the next statement starts).
+_DELETE_BATCH = _CANDIDATES + f""", deleted AS (
+    DELETE FROM events
+    WHERE chain_id = $1 AND ctid = ANY(ARRAY(SELECT c.ctid FROM candidates c WHERE {_UNPINNED}))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM deleted) AS deleted, count(*) AS scanned,
+       max(block_number) AS last_block
+FROM candidates
 """
-_COUNT_DOOMED = _DOOMED + " SELECT count(*) FROM doomed"
+_COUNT_DOOMED = _CANDIDATES + f" SELECT count(*) FROM candidates c WHERE {_UNPINNED}"
 
 _CHUNKS_BEFORE = """
 SELECT format('%I.%I', chunk_schema, chunk_name) AS chunk, range_start, range_end,
@@ -149,21 +159,24 @@ async def _chain_ranges(conn: asyncpg.Connection,
 
 async def prune_plain(conn: asyncpg.Connection, *, cutoff: datetime, reorg_window: int,
                       batch_rows: int, budget: Budget) -> EventsPruned:
-    """Delete unprotected events older than ``cutoff``, ``batch_rows`` per autocommitted
-    statement, until none is left or ``budget`` runs out (``done`` False: call again)."""
+    """Delete unprotected events older than ``cutoff``, looking at ``batch_rows`` per
+    autocommitted statement, until none is left or ``budget`` runs out (``done`` False: call
+    again)."""
     result = EventsPruned()
     for chain_id, first, end in await _chain_ranges(conn, cutoff):
         while first < end:
-            deleted = await conn.fetch(_DELETE_BATCH, chain_id, first, end, reorg_window, cutoff,
-                                       batch_rows)
-            result.rows += len(deleted)
-            if len(deleted) < batch_rows:
-                break
+            batch = await conn.fetchrow(_DELETE_BATCH, chain_id, first, end, reorg_window,
+                                        cutoff, batch_rows)
+            result.rows += batch["deleted"]
+            if batch["scanned"] < batch_rows:
+                break  # the range is exhausted
             if budget.exhausted():  # after a statement: every slice makes progress
                 result.done = False
                 return result
-            # Rows of that block may remain (the batch ended inside it): start there again.
-            first = max(row["block_number"] for row in deleted)
+            # The batch may have ended inside a block: start there again, unless nothing moved
+            # (a block with more protected rows than one batch: skip it for this pass).
+            stuck = batch["deleted"] == 0 and batch["last_block"] == first
+            first = batch["last_block"] + 1 if stuck else batch["last_block"]
     return result
 
 

@@ -208,3 +208,23 @@ async def test_chunk_drop_keeps_writers_out_between_check_and_drop(
         assert await conn.fetchval("SELECT count(*) FROM events WHERE block_number = 5") == 1
     finally:
         await conn.close()
+
+
+async def test_more_protected_rows_in_a_block_than_a_batch_holds_do_not_stall_the_pass(
+        plain_db_url: str) -> None:
+    """Plain Postgres walks the index a batch at a time: a block whose protected rows fill a
+    whole batch is stepped over, and the pass goes on to the rows after it."""
+    now = datetime.now(UTC)
+    conn = await connect(plain_db_url)
+    try:
+        pinned = await insert_events(conn, blocks=range(10, 11), at=now - days(50), per_block=4)
+        later = await insert_events(conn, blocks=range(11, 13), at=now - days(49), per_block=2)
+        ids = await action(conn)
+        for event_id in pinned:
+            await delivery(conn, ids, event_id, status="pending", created=now)
+        report = await asyncio.wait_for(
+            RetentionRunner(RetentionPolicy(events=days(30), batch_rows=3)).run(conn, now=now), 30)
+        assert report is not None and report.deleted["events"] == len(later)
+        assert await event_ids(conn) == set(pinned)
+    finally:
+        await conn.close()
