@@ -217,8 +217,10 @@ async def drop_chunks(conn: asyncpg.Connection, *, cutoff: datetime, reorg_windo
             horizon, result.held_back_by = floor(cutoff, found)
             dropped = [str(name) for name in await conn.fetchval(
                 f"SELECT array_agg(c) FROM ({_DROP}) AS d(c)", horizon) or []]
-    except asyncpg.LockNotAvailableError:
-        result.deferred = (f"events is busy with writers (lock not granted within "
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as error:
+        # A reader of an old chunk that then writes (a replay) can deadlock with the drop;
+        # Postgres aborts one side, normally the drop (it waited first). Retried next pass.
+        result.deferred = (f"events is busy ({type(error).__name__}: lock not granted within "
                            f"{lock_timeout_ms} ms); the next pass retries")
         return result
     result.chunks = dropped
