@@ -12,10 +12,12 @@ is listed in :mod:`retention.guards`.
 (``core.db.advisory_key("retention", 0)``); a second runner (another processor, or
 ``scripts/retention.py``) finds it taken and skips (or waits, for the script).
 
-**Slices**: the processor runs a pass in slices of at most ``slice_seconds`` from its sweep, so
-housekeeping never holds its other work back for long; every slice is stateless (it starts from
-what is in the database), so a slice interrupted anywhere — crash, SIGTERM, lost connection —
-leaves nothing half-done, and the next one, in this process or another, carries on.
+**Slices and pacing**: a pass runs in slices of at most ``SLICE_SECONDS`` of work, each followed
+by a pause ``PAUSE_FACTOR`` times as long (:func:`pause_after`), so retention takes at most a
+quarter of one database session's time and live ingest keeps the rest (``bench.py retention``
+measures the cost to ingest). Every slice is stateless (it starts from what is in the
+database), so a slice interrupted anywhere — crash, SIGTERM, lost connection — leaves nothing
+half-done, and the next one, in this process or another, carries on.
 
 **Failure**: every statement is its own transaction, so a failure loses at most that statement,
 which the next pass repeats. Database errors are returned to the caller (the processor's
@@ -48,6 +50,8 @@ from retention.policy import BLOCKS_MARGIN, RetentionPolicy
 log = structlog.get_logger(__name__)
 
 RETENTION_LOCK = advisory_key("retention", 0)
+SLICE_SECONDS = 0.5
+PAUSE_FACTOR = 3.0
 TABLES = ("events", "event_batches", "deliveries", "reorgs", "blocks")
 
 
@@ -78,6 +82,11 @@ class PassReport:
                 "chunks_dropped": len(self.chunks_dropped), "bytes_freed": self.bytes_freed,
                 "chunks_compressed": len(self.chunks_compressed),
                 "held_back_by": self.held_back_by, "deferred": self.deferred or None}
+
+
+def pause_after(slice_took: float) -> float:
+    """How long to wait after a slice that took ``slice_took`` seconds and did not finish."""
+    return PAUSE_FACTOR * slice_took
 
 
 async def try_lock(conn: asyncpg.Connection) -> bool:
@@ -181,14 +190,13 @@ TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceErro
 class RetentionSchedule:
     """The processor's hook: ``await schedule.run_if_due(pool)`` from its periodic sweep.
 
-    Every ``interval`` seconds a pass starts; it runs as slices of at most ``slice_seconds``,
-    one per call and each followed by a pause as long as itself, until it completes, then logs
-    one summary line. A pass another runner holds the
+    Every ``interval`` seconds a pass starts; it runs as paced slices (one per call; calls during
+    a pause do nothing) until it completes, then logs one summary line. A pass another runner holds the
     lock for is skipped (that runner does the work). Transient database errors are logged and
     retried at the next call; anything else is a bug and propagates."""
 
     def __init__(self, policy: RetentionPolicy, *, interval: float,
-                 slice_seconds: float = 1.0) -> None:
+                 slice_seconds: float = SLICE_SECONDS) -> None:
         self.runner = RetentionRunner(policy)
         self.interval = interval
         self.slice_seconds = slice_seconds
@@ -215,9 +223,8 @@ class RetentionSchedule:
             return None
         self._pass.add(report)
         if not report.done:
-            # Carry on after a pause as long as the slice ran (whatever the sweep interval):
-            # retention takes at most half of one connection's time from live work.
-            self._due = time.monotonic() + (time.monotonic() - started)
+            # Carry on after a pause (whatever the sweep interval): see pause_after.
+            self._due = time.monotonic() + pause_after(time.monotonic() - started)
             return None
         finished, self._pass = self._pass, None
         self._due = time.monotonic() + self.interval

@@ -3,8 +3,9 @@
 The processor runs the same pass every ``RETENTION_INTERVAL`` seconds; this command is for cron
 (with ``RETENTION_INTERVAL=0`` on the processors), a first clean-up, or a look at what would go.
 
-- without options: one whole pass (``retention.runner``), paced like the processor's (slices of a
-  second, each followed by an equal pause, so live ingest keeps most of the database); if
+- without options: one whole pass (``retention.runner``), paced like the processor's (slices of
+  half a second of work, each followed by three times as long a pause, so live ingest keeps
+  most of the database); if
   another runner (a processor) is in the middle of one, it says so once and waits for it
   (Ctrl-C aborts: exit 130, nothing is left half-done). Prints rows deleted per table, chunks
   dropped or compressed, bytes freed.
@@ -38,10 +39,9 @@ from core.logging import configure_logging  # noqa: E402
 from core.settings import RetentionSettings, load_settings  # noqa: E402
 from retention.plan import Plan, plan  # noqa: E402
 from retention.policy import RetentionPolicy  # noqa: E402
-from retention.runner import PassReport, RetentionRunner  # noqa: E402
+from retention.runner import SLICE_SECONDS, PassReport, RetentionRunner, pause_after  # noqa: E402
 
 WAIT_SECONDS = 1.0
-SLICE_SECONDS = 1.0
 
 
 def _when(value: Any) -> str:
@@ -121,7 +121,7 @@ async def run_pass(database_url: str, runner: RetentionRunner, *, pause: bool,
                 total.add(report)
             if report.done:
                 return total, time.monotonic() - started
-            await asyncio.sleep(time.monotonic() - slice_started)
+            await asyncio.sleep(pause_after(time.monotonic() - slice_started))
     finally:
         await conn.close()
 
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="print what a pass would delete and compress; change nothing")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-pause", action="store_true",
-                        help="do not pace the pass (by default each second of work is followed "
-                             "by a second of pause, as in the processor)")
+                        help="do not pace the pass (by default each half second of work is "
+                             "followed by a pause three times as long, as in the processor)")
     args = parser.parse_args(argv)
     settings = load_settings(RetentionSettings)
     # What the pass did is printed below; log lines only for warnings (a slice put off, say).
