@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY core/__init__.py core/__init__.py
 COPY ingest/__init__.py ingest/__init__.py
 COPY processor/__init__.py processor/__init__.py
+COPY retention/__init__.py retention/__init__.py
 COPY workers/__init__.py workers/__init__.py
 RUN pip install .
 
@@ -24,6 +25,7 @@ RUN pip install .
 COPY core core
 COPY ingest ingest
 COPY processor processor
+COPY retention retention
 COPY workers workers
 RUN pip install --no-deps --force-reinstall .
 COPY alembic.ini ./

@@ -3,7 +3,7 @@
 | role | what it may touch |
 |---|---|
 | ``blockhook_ingest`` | writes ``events``, ``blocks``, ``checkpoints``, ``reorgs`` (and ``event_batches`` through the insert trigger); nothing of ``triggers``, ``actions``, ``deliveries`` |
-| ``blockhook_processor`` | reads events and the trigger configuration (``actions`` without secret columns); writes ``deliveries``, ``deferred_matches``, ``event_batches``, ``triggers.error``, ``reorgs.corrected_at`` |
+| ``blockhook_processor`` | reads events and the trigger configuration (``actions`` without secret columns); writes ``deliveries``, ``deferred_matches``, ``event_batches``, ``triggers.error``, ``reorgs.corrected_at``; runs retention (deletes aged ``events``, ``event_batches``, ``deliveries``, ``reorgs``, ``blocks``; drops and compresses ``events`` chunks through the owner's functions of migration 0005) |
 | ``blockhook_workers`` | the only role that reads webhook secrets; writes ``deliveries`` and seals ``actions``' secret columns |
 | ``blockhook_readonly`` | reads every table except ``actions.config`` and the secret columns |
 
@@ -52,10 +52,11 @@ _ACTION_COLUMNS: Final = "id, trigger_id, type, enabled, created_at, updated_at"
 # table → role → privileges, in GRANT syntax. A role absent from a table's entry has none there.
 PRIVILEGES: Final[dict[str, dict[str, str]]] = {
     "events": {INGEST: "SELECT, INSERT, UPDATE (invalidated, invalidated_at)",
-               PROCESSOR: "SELECT", WORKERS: "SELECT", READONLY: "SELECT"},
-    "blocks": {INGEST: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
+               PROCESSOR: "SELECT, DELETE", WORKERS: "SELECT", READONLY: "SELECT"},
+    "blocks": {INGEST: "SELECT, INSERT, UPDATE, DELETE", PROCESSOR: "SELECT, DELETE",
+               READONLY: "SELECT"},
     "checkpoints": {INGEST: "SELECT, INSERT, UPDATE", PROCESSOR: "SELECT", READONLY: "SELECT"},
-    "reorgs": {INGEST: "SELECT, INSERT", PROCESSOR: "SELECT, UPDATE (corrected_at)",
+    "reorgs": {INGEST: "SELECT, INSERT", PROCESSOR: "SELECT, DELETE, UPDATE (corrected_at)",
                READONLY: "SELECT"},
     # Rows are written by the statement-level trigger on events, as the inserting role.
     "event_batches": {INGEST: "INSERT", PROCESSOR: "SELECT, UPDATE, DELETE", READONLY: "SELECT"},
@@ -63,7 +64,7 @@ PRIVILEGES: Final[dict[str, dict[str, str]]] = {
     "actions": {PROCESSOR: f"SELECT ({_ACTION_COLUMNS}, config)",
                 WORKERS: f"SELECT, UPDATE ({', '.join(SECRET_COLUMNS)})",
                 READONLY: f"SELECT ({_ACTION_COLUMNS})"},
-    "deliveries": {PROCESSOR: "SELECT, INSERT, UPDATE", WORKERS: "SELECT, INSERT, UPDATE",
+    "deliveries": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", WORKERS: "SELECT, INSERT, UPDATE",
                    READONLY: "SELECT"},
     "deferred_matches": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
 }

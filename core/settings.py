@@ -6,7 +6,9 @@ One shared base (database, Redis, logging, metrics) and one subclass per service
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -104,8 +106,73 @@ class IngestSettings(BaseServiceSettings):
         return [a.strip().lower() for a in self.ingest_addresses.split(",") if a.strip()]
 
 
-class ProcessorSettings(BaseServiceSettings):
-    """``python -m processor``."""
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+KEEP_FOREVER = "forever"
+
+
+def parse_duration(value: object) -> timedelta | None:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` → a ``timedelta``; ``forever`` → ``None``.
+    Raises ``ValueError`` for anything else (a bare number is refused: seconds or days?)."""
+    if value is None or isinstance(value, timedelta):
+        return value
+    text = str(value).strip()
+    if text.lower() == KEEP_FOREVER:
+        return None
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 30d, 12h, 90m, 45s, 2w "
+                         f"or {KEEP_FOREVER!r}")
+    return timedelta(seconds=float(match.group(1)) * _DURATION_SECONDS[match.group(2).lower()])
+
+
+def format_duration(value: timedelta | None) -> str:
+    """The inverse of :func:`parse_duration`, for logs and status (``30d``, ``forever``)."""
+    if value is None:
+        return KEEP_FOREVER
+    seconds = value.total_seconds()
+    for unit in ("d", "h", "m"):
+        if seconds >= _DURATION_SECONDS[unit] and seconds % _DURATION_SECONDS[unit] == 0:
+            return f"{seconds / _DURATION_SECONDS[unit]:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
+# Nothing is worth pruning younger than this; it also keeps every horizon far beyond the
+# processor's short recheck windows (reorg corrections, lost-job sweeps).
+MIN_RETENTION = timedelta(hours=1)
+
+
+class RetentionSettings(BaseServiceSettings):
+    """What may be deleted, and when: ``scripts/retention.py``, ``scripts/status.py`` and the
+    processor (which runs retention on a schedule). Ages are durations (``30d``, ``12h``) or
+    ``forever``. What the pipeline still needs is never deleted, whatever the age (see
+    ``retention``)."""
+
+    retention_events: timedelta | None = timedelta(days=30)
+    retention_event_batches: timedelta | None = timedelta(days=1)
+    retention_deliveries: timedelta | None = timedelta(days=30)
+    retention_reorgs: timedelta | None = timedelta(days=90)
+    # Seconds between two passes run by the processor; 0 = the processor never runs retention.
+    retention_interval: float = Field(default=600.0, ge=0)
+    # TimescaleDB with a license that has compression ('timescale'): compress events chunks
+    # entirely older than this; ``forever`` = never compress.
+    events_compress_after: timedelta | None = timedelta(days=7)
+    # The indexer's window (same variable as ingest): its events and blocks are never pruned.
+    reorg_window: int = Field(default=128, ge=1)
+
+    @field_validator("retention_events", "retention_event_batches", "retention_deliveries",
+                     "retention_reorgs", "events_compress_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta | None:
+        duration = parse_duration(value)
+        if duration is not None and duration < MIN_RETENTION:
+            raise ValueError(f"{format_duration(duration)} is shorter than the minimum "
+                             f"{format_duration(MIN_RETENTION)}")
+        return duration
+
+
+class ProcessorSettings(RetentionSettings):
+    """``python -m processor`` (it also runs retention, see :class:`RetentionSettings`)."""
 
     processor_batch_size: int = Field(default=5000, ge=1)
     processor_sweep_interval: float = Field(default=2.0, gt=0)

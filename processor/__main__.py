@@ -13,6 +13,8 @@ from core.logging import configure_logging
 from core.metrics import serve_metrics
 from core.settings import ProcessorSettings, load_settings
 from processor.service import POOL_SERVER_SETTINGS, Processor
+from retention.policy import RetentionPolicy
+from retention.runner import RetentionSchedule
 
 log = structlog.get_logger("processor")
 
@@ -26,11 +28,15 @@ async def main(stop: asyncio.Event) -> None:
     # Timeouts keep a dead Redis from hanging the loop: the rows stay pending and are swept.
     redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
                                         socket_timeout=5)
+    retention = RetentionPolicy.from_settings(settings)
     processor = Processor(database_url=settings.database_url, pool=pool,
                           redis_client=redis_client, batch_size=settings.processor_batch_size,
-                          sweep_interval=settings.processor_sweep_interval)
+                          sweep_interval=settings.processor_sweep_interval,
+                          retention=RetentionSchedule(retention,
+                                                      interval=settings.retention_interval))
     log.info("processor starting", batch_size=settings.processor_batch_size,
-             sweep_interval=settings.processor_sweep_interval)
+             sweep_interval=settings.processor_sweep_interval, retention=retention.describe(),
+             retention_interval=settings.retention_interval)
     try:
         await processor.run(stop)
     finally:

@@ -28,8 +28,6 @@ from processor.registry import TriggerRegistry
 
 CLAIM_LIMIT = 500
 PAGE_SIZE = 5000
-# Processed batch rows are only history; keep a day of it for operators, then delete.
-BATCH_RETENTION_SECONDS = 86400.0
 
 _CLAIM = """
 SELECT id, chain_id, first_id, last_id, min_block_time, max_block_time, row_count, created_at
@@ -126,12 +124,3 @@ async def _store(conn: asyncpg.Connection, evaluation: Evaluation, *, chain_id: 
                           block_times=evaluation.deferred_block_times,
                           ready_at=evaluation.deferred_ready_at)
 
-
-async def prune_processed_batches(conn: asyncpg.Connection, *,
-                                  older_than_seconds: float = BATCH_RETENTION_SECONDS) -> int:
-    """Delete batch rows processed more than ``older_than_seconds`` ago; never an unprocessed
-    one (those are the record of work still to do). Returns the number deleted."""
-    status = await conn.execute(
-        "DELETE FROM event_batches WHERE processed_at < now() - make_interval(secs => $1)",
-        older_than_seconds)
-    return int(status.split()[-1])

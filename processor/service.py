@@ -20,17 +20,17 @@ import structlog
 
 from core.backoff import Backoff
 from processor import metrics
-from processor.batches import process_batches, prune_processed_batches
+from processor.batches import process_batches
 from processor.confirmations import ripen_deferred
 from processor.corrections import correct_reorgs
 from processor.listener import Wakeups, listen, sleep_or_stop
 from processor.outbox import enqueue_created, sweep_outbox
 from processor.registry import TriggerRegistry, load_registry
+from retention.runner import RetentionSchedule
 
 log = structlog.get_logger(__name__)
 
 REDIS_RETRY_SECONDS = 5.0
-PRUNE_INTERVAL_SECONDS = 300.0
 
 # Custom plans come with every core.db connection (see core.db.SESSION_SETTINGS).
 POOL_SERVER_SETTINGS = {"application_name": "blockhook-processor"}
@@ -49,7 +49,8 @@ class Processor:
     """One processor instance; any number may run against the same database."""
 
     def __init__(self, *, database_url: str, pool: asyncpg.Pool, redis_client: redis.Redis,
-                 batch_size: int, sweep_interval: float) -> None:
+                 batch_size: int, sweep_interval: float,
+                 retention: RetentionSchedule | None = None) -> None:
         self.database_url = database_url
         self.pool = pool
         self.redis = redis_client
@@ -59,7 +60,7 @@ class Processor:
         self.wakeups = Wakeups()
         self._registry_stale = True
         self._redis_retry_at = 0.0
-        self._next_prune = 0.0
+        self.retention = retention
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; returns after finishing the current unit of work.
@@ -142,16 +143,16 @@ class Processor:
 
     async def sweep(self) -> None:
         """Everything regardless of wake-ups: ripen, correct reorgs (recent ones again),
-        enqueue what was left pending or lost, and refresh the lag gauges."""
+        enqueue what was left pending or lost, run retention when due, and refresh the lag
+        gauges."""
         await self.ripen()
         await self.correct(recheck=True)
         await sweep_outbox(self.pool, self.redis)
+        if self.retention is not None:
+            # One slice of at most a second (one runner at a time, advisory lock; transient
+            # errors are logged and retried inside): retention.runner.RetentionSchedule.
+            await self.retention.run_if_due(self.pool)
         async with self.pool.acquire() as conn:
-            if time.monotonic() >= self._next_prune:
-                self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
-                pruned = await prune_processed_batches(conn)
-                if pruned:
-                    log.info("pruned processed event batches", batches=pruned)
             lag = await conn.fetchrow(_LAG)
         metrics.BATCH_LAG_BATCHES.set(lag["batches"])
         metrics.BATCH_LAG_EVENTS.set(lag["events"])

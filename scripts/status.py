@@ -1,9 +1,15 @@
-"""``python scripts/status.py [--json] [--rpc-url URL ...]``: what the pipeline is doing now.
+"""``python scripts/status.py [--json] [--watch [SECONDS]] [--rpc-url URL ...]``: what the
+pipeline is doing now.
 
 Per chain: the node's head (when an RPC URL for that chain answers), the checkpoint, the lag,
 events valid/invalidated, the last reorg and the processor's backlog (unprocessed
 ``event_batches`` and their events, oldest age). Then the RQ delivery queue (depth, failed jobs),
-deliveries by status created in the last hour, and invalid triggers with their errors.
+deliveries by status created in the last hour, and invalid triggers with their errors. Then
+storage: each table's size, estimated rows and oldest row, the retention horizon of each kind of
+data (``RETENTION_*``), what holds the events horizon back, and whether compression is on.
+
+``--watch`` redraws the same screen in place every SECONDS (default 5) until Ctrl-C (exit 0);
+a database that goes away meanwhile is shown, and the next refresh tries again.
 
 Read-only: it never writes to the database or Redis. An unreachable node or Redis is reported,
 not fatal; an unreachable database exits 1 with one line.
@@ -13,20 +19,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import asyncpg  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
-from rich.console import Console  # noqa: E402
+from rich.console import Console, RenderableType  # noqa: E402
+from rich.live import Live  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from core.db import connect, storage_path  # noqa: E402
 from core.errors import PermanentError  # noqa: E402
 from core.redact import redact_urls_in  # noqa: E402
-from core.settings import IngestSettings, load_settings  # noqa: E402
+from core.settings import IngestSettings, RetentionSettings, load_settings  # noqa: E402
+from retention.inventory import TableStat, table_stats  # noqa: E402
+from retention.plan import Horizon, horizon  # noqa: E402
+from retention.policy import RetentionPolicy  # noqa: E402
 from scripts.ops.rpc import NodeHead, node_head  # noqa: E402
 from scripts.ops.status_queries import (  # noqa: E402
     ChainStatus,
@@ -51,24 +66,30 @@ class StatusReport(BaseModel):
     deliveries_open: int
     invalid_triggers: list[InvalidTriggerRow]
     nodes: list[NodeHead]
+    tables: list[TableStat]  # largest first
+    retention: Horizon
 
 
-async def collect(database_url: str, redis_url: str, rpc_urls: list[str]) -> StatusReport:
+async def collect(database_url: str, redis_url: str, rpc_urls: list[str],
+                  policy: RetentionPolicy | None = None) -> StatusReport:
     """Gather the report: database and Redis queries, node heads asked concurrently."""
     heads = await asyncio.gather(*(node_head(url) for url in rpc_urls))
     conn = await connect(database_url, timeout=10)
     try:
         known_heads = {h.chain_id: h.head for h in heads
                        if h.chain_id is not None and h.head is not None}
+        storage = await storage_path(conn)
         report = StatusReport(
             generated_at=datetime.now(UTC),
-            storage_path=await storage_path(conn),
+            storage_path=storage,
             chains=await chain_statuses(conn, known_heads),
             queue=await asyncio.to_thread(queue_status, redis_url),
             deliveries_last_hour=await deliveries_last_hour(conn),
             deliveries_open=await open_deliveries(conn),
             invalid_triggers=await invalid_triggers(conn),
             nodes=list(heads),
+            tables=await table_stats(conn, storage=storage),
+            retention=await horizon(conn, policy or RetentionPolicy()),
         )
     finally:
         await conn.close()
@@ -147,6 +168,77 @@ def render(report: StatusReport, console: Console) -> None:
         console.print(broken)
     else:
         console.print("invalid triggers: none")
+    render_storage(report, console)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size //= 1024
+    return str(size)
+
+
+def _since(report: StatusReport, moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return f"{moment:%Y-%m-%d %H:%M} ({_age((report.generated_at - moment).total_seconds())} ago)"
+
+
+# Which retention setting governs which table (the others are configuration or state).
+_RETAINED = {"events": "events", "event_batches": "event_batches", "deliveries": "deliveries",
+             "reorgs": "reorgs", "blocks": "blocks"}
+
+
+def render_storage(report: StatusReport, console: Console) -> None:
+    """Table sizes, oldest rows and the retention horizon of each kind of data."""
+    retention = report.retention
+    tables = Table(title="storage", title_justify="left")
+    for column in ("table", "size", "rows (est.)", "oldest row", "retention", "horizon"):
+        tables.add_column(column, justify="right" if column in ("size", "rows (est.)") else "left")
+    for stat in report.tables:
+        kind = _RETAINED.get(stat.name)
+        setting = retention.settings[kind] if kind else "-"
+        cutoff = retention.cutoffs.get(kind) if kind else None
+        horizon_text = ("below the reorg window" if kind == "blocks"
+                        else f"{cutoff:%Y-%m-%d %H:%M}" if cutoff
+                        else "kept forever" if kind else "-")
+        tables.add_row(stat.name, _size(stat.bytes), _value(stat.rows), _since(report, stat.oldest),
+                       setting, horizon_text)
+    console.print(tables)
+    if retention.held_back_by:
+        console.print(f"[yellow]events horizon held back to {retention.events_effective:%Y-%m-%d %H:%M}"
+                      f"[/] by: " + "; ".join(f"{pin.reason} (since {pin.since:%Y-%m-%d %H:%M})"
+                                             for pin in retention.held_back_by))
+    console.print(f"events compression: {retention.compression} ({retention.compression_detail})")
+
+
+def snapshot(report: StatusReport, *, width: int, color_system: str | None) -> Text:
+    """The rendered screen as one renderable (for ``--watch``): ``render`` into a buffer."""
+    buffer = io.StringIO()
+    render(report, Console(file=buffer, width=width, force_terminal=color_system is not None,
+                           color_system=color_system))  # type: ignore[arg-type]
+    return Text.from_ansi(buffer.getvalue())
+
+
+def watch(collect_report: Callable[[], StatusReport], interval: float) -> None:
+    """Redraw the status in place every ``interval`` seconds until Ctrl-C. A database lost
+    meanwhile is shown in place of the report until it answers again."""
+    console = Console()
+
+    def screen() -> RenderableType:
+        return snapshot(collect_report(), width=console.width, color_system=console.color_system)
+
+    current = screen()  # an unreachable database at start is the caller's one-line error
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(current, refresh=True)
+            time.sleep(interval)
+            try:
+                current = screen()
+            except (PermanentError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                current = Text(f"{datetime.now(UTC):%H:%M:%S} {error} — retrying every "
+                               f"{interval:g} s", style="red")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,17 +247,30 @@ def main(argv: list[str] | None = None) -> None:
         description="Per chain: node head, checkpoint, lag, events, last reorg, processor "
                     "backlog; the delivery queue; deliveries of the last hour; invalid triggers.")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                        help="redraw in place every SECONDS (default 5) until Ctrl-C")
     parser.add_argument("--rpc-url", action="append", dest="rpc_urls", metavar="URL",
                         help="a node to ask for its chain id and head (repeatable; "
                              "default: RPC_URL)")
     args = parser.parse_args(argv)
+    if args.watch is not None and (args.json or args.watch <= 0):
+        parser.error("--watch takes a positive number of seconds and does not go with --json")
     settings = load_settings(IngestSettings)
+    policy = RetentionPolicy.from_settings(load_settings(RetentionSettings))
     rpc_urls = args.rpc_urls if args.rpc_urls is not None else [settings.rpc_url]
+
+    def collect_report() -> StatusReport:
+        return asyncio.run(collect(settings.database_url, settings.redis_url, rpc_urls, policy))
+
     try:
-        report = asyncio.run(collect(settings.database_url, settings.redis_url, rpc_urls))
+        if args.watch is not None:
+            watch(collect_report, args.watch)
+        report = collect_report()
     except PermanentError as error:
         print(f"status: {redact_urls_in(str(error))}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        return
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

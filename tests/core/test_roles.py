@@ -77,6 +77,11 @@ ALLOWED = {
         "UPDATE deliveries SET status = 'queued' WHERE id = -1",
         "DELETE FROM deferred_matches WHERE event_id = -1",
         "SELECT block_number FROM checkpoints",
+        # retention
+        "DELETE FROM events WHERE chain_id = -1", "DELETE FROM event_batches WHERE id = -1",
+        "DELETE FROM deliveries WHERE id = -1", "DELETE FROM reorgs WHERE id = -1",
+        "DELETE FROM blocks WHERE chain_id = -1",
+        "LOCK TABLE ONLY events IN EXCLUSIVE MODE",
     ],
     WORKERS: [
         "SELECT d.id, a.config::text, a.secret, a.previous_secret, t.name, e.data"
@@ -101,8 +106,9 @@ REFUSED = {
                 "SELECT * FROM actions", "UPDATE actions SET config = '{}'",
                 "UPDATE actions SET secret = NULL", "INSERT INTO actions (trigger_id) VALUES (1)",
                 "UPDATE triggers SET name = 'renamed'", "DELETE FROM triggers", EVENT,
-                "UPDATE events SET invalidated = true", "DELETE FROM deliveries",
-                "UPDATE checkpoints SET block_number = 0", "SELECT 1 FROM blocks"],
+                "UPDATE events SET invalidated = true", "UPDATE blocks SET hash = '0x'",
+                "UPDATE checkpoints SET block_number = 0", "DROP TABLE events",
+                "ALTER TABLE events ADD COLUMN x int"],
     WORKERS: ["UPDATE actions SET config = '{}'", "UPDATE actions SET enabled = false",
               "INSERT INTO actions (trigger_id) VALUES (1)", "DELETE FROM actions",
               "UPDATE triggers SET enabled = false", "UPDATE triggers SET error = 'x'", EVENT,

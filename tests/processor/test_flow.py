@@ -348,21 +348,3 @@ async def test_sweep_enqueues_pending_rows_and_lost_jobs(db_url: str, redis_url:
     finally:
         await conn.close()
 
-
-async def test_processed_batches_are_pruned_after_retention_and_unprocessed_never(db_url: str) -> None:
-    from core.db import connect
-    from processor.batches import prune_processed_batches
-
-    conn = await connect(db_url)
-    try:
-        await conn.execute(
-            """INSERT INTO event_batches (chain_id, first_id, last_id, min_block_time, max_block_time,
-                                          row_count, created_at, processed_at)
-               VALUES (1, 1, 1, now(), now(), 1, now() - interval '3 days', now() - interval '2 days'),
-                      (1, 2, 2, now(), now(), 1, now() - interval '3 days', NULL),
-                      (1, 3, 3, now(), now(), 1, now(), now())""")
-        assert await prune_processed_batches(conn) == 1
-        remaining = await conn.fetch("SELECT first_id FROM event_batches ORDER BY first_id")
-        assert [row["first_id"] for row in remaining] == [2, 3]
-    finally:
-        await conn.close()
