@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 
-from eth_abi.grammar import parse
-
+from core.abi import EventSignature, FieldType, arg_name, field_type, param_type
 from core.errors import InvalidTrigger
-from processor.signature import EventSignature, Param
 
 # (decoded args, event row) → bool. The event row is any mapping with the event fields.
 Predicate = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
@@ -38,55 +35,12 @@ Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
 OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "contains", "exists"})
 EVENT_FIELDS = ("address", "block_number", "tx_hash", "log_index")
 
-Kind = Literal["int", "decimal", "address", "hex", "bytes", "bool", "string", "array", "tuple"]
-
 _MISSING: Any = object()
 _DECIMAL = re.compile(r"^-?[0-9]+$")
 _HEX_NUMBER = re.compile(r"^0[xX][0-9a-fA-F]+$")
 _HEX_BYTES = re.compile(r"^0[xX]([0-9a-fA-F]{2})*$")
 _ADDRESS = re.compile(r"^0[xX][0-9a-fA-F]{40}$")
 _ORDERED = ("gt", "gte", "lt", "lte")
-
-
-@dataclass(frozen=True)
-class FieldType:
-    """What a path resolves to: its comparison kind and, for containers, what is inside."""
-
-    kind: Kind
-    type_str: str = ""
-    components: tuple[Param, ...] = ()
-    array_size: int | None = None  # fixed-size arrays; None = dynamic
-    byte_size: int | None = None  # bytesN
-
-    def item(self) -> FieldType:
-        return field_type(self.type_str[: self.type_str.rfind("[")], self.components)
-
-
-def field_type(type_str: str, components: tuple[Param, ...] = (), *,
-               hashed: bool = False) -> FieldType:
-    """The ``FieldType`` of an ABI type; ``hashed`` for indexed dynamic parameters (a topic)."""
-    if hashed:
-        return FieldType("bytes", "bytes32", byte_size=32)
-    parsed = parse(type_str)
-    if parsed.is_array:
-        size = parsed.arrlist[-1]
-        return FieldType("array", type_str, components, array_size=size[0] if size else None)
-    if components:
-        return FieldType("tuple", type_str, components)
-    base, sub = parsed.base, parsed.sub
-    if base in ("uint", "int"):
-        return FieldType("int", type_str)
-    if base in ("ufixed", "fixed"):
-        return FieldType("decimal", type_str)
-    if base == "address":
-        return FieldType("address", type_str)
-    if base == "bool":
-        return FieldType("bool", type_str)
-    if base == "string":
-        return FieldType("string", type_str)
-    if base == "bytes":
-        return FieldType("bytes", type_str, byte_size=int(sub) if sub else None)
-    return FieldType("bytes", type_str)  # ``function``: 24 raw bytes
 
 
 _EVENT_FIELD_TYPES = {
@@ -108,13 +62,10 @@ def _resolve(path: str, signature: EventSignature, where: str) -> tuple[Getter, 
     if not isinstance(path, str) or not path:
         raise InvalidTrigger(f"{where}: 'field' must be a non-empty string")
     head, *rest = path.split(".")
-    params = {(p.name or f"arg{i}"): p for i, p in enumerate(signature.inputs)}
+    params = {arg_name(p, i): p for i, p in enumerate(signature.inputs)}
     getter: Getter
     if head in params:
-        param = params[head]
-        hashed = param.indexed and (param.components or parse(param.type).is_dynamic
-                                    or parse(param.type).is_array)
-        current = field_type(param.type, param.components, hashed=bool(hashed))
+        current = param_type(params[head])
         getter = _arg_getter(head)
     elif head in _EVENT_FIELD_TYPES:
         current, getter = _EVENT_FIELD_TYPES[head], _event_getter(head)
@@ -132,7 +83,7 @@ def _resolve(path: str, signature: EventSignature, where: str) -> tuple[Getter, 
             getter = _index_getter(getter, index)
             current = current.item()
         elif current.kind == "tuple":
-            names = [m.name or f"arg{i}" for i, m in enumerate(current.components)]
+            names = [arg_name(m, i) for i, m in enumerate(current.components)]
             if segment in names:
                 index = names.index(segment)
             elif segment.isdigit() and int(segment) < len(names):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processor.decode import DecodeError, LogDecoder
+from core.abi import DecodeError, LogDecoder
 from processor.registry import TriggerRegistry
 
 _UNDECODABLE: Any = object()

@@ -22,10 +22,9 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
+from core.abi import EventSignature, LogDecoder, log_decoder, parse_event_signature
 from core.errors import InvalidTrigger
 from processor.conditions import Predicate, compile_conditions
-from processor.decode import LogDecoder, log_decoder
-from processor.signature import EventSignature, parse_event_signature
 
 log = structlog.get_logger(__name__)
 

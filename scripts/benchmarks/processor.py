@@ -47,10 +47,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from core.abi import parse_event_signature  # noqa: E402
 from core.db import create_pool  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from processor.service import POOL_SERVER_SETTINGS, Processor  # noqa: E402
-from processor.signature import parse_event_signature  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
 from tests.e2e.redis_server import RedisServer  # noqa: E402
 from tests.support import databases  # noqa: E402

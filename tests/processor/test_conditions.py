@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.abi import parse_event_signature
 from core.errors import InvalidTrigger
 from processor.conditions import compile_conditions
-from processor.signature import parse_event_signature
 
 SIGNATURE = parse_event_signature(
     "Sample(address indexed from, uint256 value, int256 delta, bytes32 tag, bool flag, "

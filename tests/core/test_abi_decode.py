@@ -13,14 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from web3 import Web3
 
-from processor.decode import (
-    DecodeError,
-    _fast_decoder,
-    _general_decoder,
-    decode_log,
-    to_json_args,
-)
-from processor.signature import EventSignature, parse_event_signature
+from core.abi import DecodeError, EventSignature, decode_log, parse_event_signature, to_json_args
+from core.abi.decode import _fast_decoder, _general_decoder
 from tests.support.anvil import Anvil
 from tests.support.contracts import deploy, deploy_erc20, transact, web3_for
 

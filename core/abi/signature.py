@@ -37,6 +37,18 @@ class Param:
     def is_dynamic(self) -> bool:
         return bool(parse(self.type).is_dynamic)
 
+    @property
+    def hashed_in_topic(self) -> bool:
+        """An indexed parameter of dynamic type (``string``, ``bytes``), array or tuple is stored
+        as the keccak hash of its encoding: its topic is 32 opaque bytes, not the value."""
+        parsed = parse(self.type)
+        return self.indexed and bool(parsed.is_dynamic or parsed.is_array or self.components)
+
+
+def arg_name(param: Param, position: int) -> str:
+    """The name a parameter goes by in decoded args: its own, or ``arg<position>``."""
+    return param.name or f"arg{position}"
+
 
 @dataclass(frozen=True)
 class EventSignature:
