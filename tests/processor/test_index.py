@@ -136,8 +136,10 @@ def conditions(signature: str, pools: Pools) -> st.SearchStrategy[Any]:
     trees = st.recursive(leaves, lambda children: st.one_of(
         st.lists(children, max_size=3).map(lambda c: {"all": c}),
         st.lists(children, min_size=1, max_size=2).map(lambda c: {"any": c}),
-        children.map(lambda c: {"not": c})), max_leaves=5)
-    return st.one_of(st.none(), trees)
+        children.map(lambda c: {"not": c})), max_leaves=4)
+    # Mostly a conjunction at the top, the shape the index keys on.
+    conjunction = st.lists(st.one_of(leaves, leaves, trees), min_size=1, max_size=3)
+    return st.one_of(st.none(), leaves, conjunction.map(lambda c: {"all": c}), trees)
 
 
 def signature_of(draw: st.DrawFn, main: str) -> str:
