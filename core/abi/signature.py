@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from eth_abi.exceptions import ParseError
 from eth_abi.grammar import BasicType, TupleType, parse
@@ -55,12 +55,12 @@ class EventSignature:
     name: str
     inputs: tuple[Param, ...]
 
-    @property
+    @cached_property
     def canonical(self) -> str:
         """``Transfer(address,address,uint256)``: what topic0 hashes."""
         return f"{self.name}({','.join(p.type for p in self.inputs)})"
 
-    @property
+    @cached_property
     def topic0(self) -> str:
         return "0x" + keccak(text=self.canonical).hex()
 

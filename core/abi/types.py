@@ -11,6 +11,7 @@ The decoder (:mod:`core.abi.decode`) returns, per kind: ``int`` → Python ``int
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from eth_abi.grammar import parse
@@ -61,6 +62,7 @@ def field_type(type_str: str, components: tuple[Param, ...] = (), *,
     return FieldType("bytes", type_str)  # ``function``: 24 raw bytes
 
 
+@lru_cache(maxsize=4096)
 def param_type(param: Param) -> FieldType:
     """The ``FieldType`` of a top-level event parameter (a topic hash when it is hashed)."""
     return field_type(param.type, param.components, hashed=param.hashed_in_topic)
