@@ -28,10 +28,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from typing import Any, Literal
 
-from core.abi import EventSignature, FieldType, Param, arg_name, field_type, param_type
+from core.abi import EventSignature, FieldType, arg_name, field_type, param_type
 from core.errors import InvalidTrigger
 
 # (decoded args, event row) → bool. The event row is any mapping with the event fields.
@@ -90,17 +89,12 @@ def _event_getter(name: str) -> Getter:
     return lambda args, event: event[name]
 
 
-@lru_cache(maxsize=4096)
-def _params(signature: EventSignature) -> dict[str, Param]:
-    return {arg_name(p, i): p for i, p in enumerate(signature.inputs)}
-
-
 def _resolve(path: str, signature: EventSignature, where: str) -> Field:
     """Compile a dotted path into a getter returning the value or ``MISSING``."""
     if not isinstance(path, str) or not path:
         raise InvalidTrigger(f"{where}: 'field' must be a non-empty string")
     head, *rest = path.split(".")
-    params = _params(signature)
+    params = signature.params_by_name
     getter: Getter
     argument: str | None = None
     if head in params:

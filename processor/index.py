@@ -125,6 +125,7 @@ class MatchIndex:
         first = self.triggers[0]
         self.decoder = first.decoder
         self.signature = first.signature
+        self._readers: dict[str, FieldReader | None] = {}
         hashed: dict[str, tuple[Field, dict[Any, list[Entry]]]] = {}
         ranged: dict[str, tuple[Field, list[tuple[int | None, int | None, Entry]]]] = {}
         unkeyed: list[Entry] = []
@@ -156,19 +157,22 @@ class MatchIndex:
         self.probes = tuple(probes)
         self.unkeyed = tuple(unkeyed)
 
+    def _reader(self, field: Field) -> FieldReader | None:
+        """The reader of a top-level decoded argument, when the signature has one."""
+        if field.argument is None or field.nested:
+            return None
+        if field.argument not in self._readers:
+            self._readers[field.argument] = field_reader(self.signature, field.argument)
+        return self._readers[field.argument]
+
     def _probe(self, field: Field) -> _Probe:
-        reader = None
-        if field.argument is not None and not field.nested:
-            reader = field_reader(self.signature, field.argument)
-        return _Probe(field, reader)
+        return _Probe(field, self._reader(field))
 
     def _cost(self, field: Field) -> int:
         """0: an event column; 1: one parameter read alone; 2: needs the whole log decoded."""
         if field.argument is None:
             return 0
-        if not field.nested and field_reader(self.signature, field.argument) is not None:
-            return 1
-        return 2
+        return 1 if self._reader(field) is not None else 2
 
     def _key(self, condition: Condition | None) -> tuple[_Key | None, Predicate | None]:
         """Choose the conjunct to index (cheapest field first, a hash before an interval);
@@ -198,8 +202,8 @@ class MatchIndex:
         if not options:
             return None, condition.predicate
         _, key, consumed = min(options, key=lambda option: option[0])
-        rest = [conjunct.predicate for conjunct in conjuncts
-                if not any(conjunct is used for used in consumed)]
+        used = {id(conjunct) for conjunct in consumed}
+        rest = [conjunct.predicate for conjunct in conjuncts if id(conjunct) not in used]
         return key, all_of(rest) if rest else None
 
     def match(self, event: Mapping[str, Any], decoded: DecodeMemo, out: list[Entry]) -> int:

@@ -64,6 +64,11 @@ class EventSignature:
     def topic0(self) -> str:
         return "0x" + keccak(text=self.canonical).hex()
 
+    @cached_property
+    def params_by_name(self) -> dict[str, Param]:
+        """Parameters by the name decoded args use (``arg<i>`` for unnamed ones)."""
+        return {arg_name(param, position): param for position, param in enumerate(self.inputs)}
+
     @property
     def indexed(self) -> tuple[Param, ...]:
         return tuple(p for p in self.inputs if p.indexed)
