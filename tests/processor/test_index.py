@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from eth_abi import encode
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.abi import parse_event_signature
+from processor import intervals as interval_module
 from processor.evaluate import Evaluation, evaluate_events
 from processor.intervals import IntervalIndex
 from processor.registry import CompiledTrigger, TriggerRegistry, TriggerRow
@@ -261,11 +263,13 @@ BOUNDS = st.one_of(st.none(), st.sampled_from([-(2 ** 255), -1, 0, 1, 5, 9, 2 **
                        max_size=10))
 def test_interval_stab_equals_a_scan(intervals: list[tuple[int | None, int | None]],
                                      points: list[int]) -> None:
-    index = IntervalIndex((low, high, n) for n, (low, high) in enumerate(intervals))
-    for x in points:
-        expected = [n for n, (low, high) in enumerate(intervals)
-                    if (low is None or low <= x) and (high is None or x <= high)]
-        assert sorted(index.stab(x)) == expected
+    for budget in (-(10 ** 9), 10 ** 9):  # force the centred tree, then the segment table
+        with patch.object(interval_module, "_SEGMENT_BUDGET", budget):
+            index = IntervalIndex((low, high, n) for n, (low, high) in enumerate(intervals))
+        for x in points:
+            expected = [n for n, (low, high) in enumerate(intervals)
+                        if (low is None or low <= x) and (high is None or x <= high)]
+            assert sorted(index.stab(x)) == expected
 
 
 # --- which conjunct becomes the key ---------------------------------------------------------
@@ -289,7 +293,7 @@ def keys(registry: TriggerRegistry) -> list[tuple[str, Any]]:
             found.append(("hash", sorted(probe.table)))
         else:
             assert probe.intervals is not None
-            found.append(("intervals", probe.intervals.size))
+            found.append(("intervals", probe.intervals.size, probe.intervals.layout))
     return found
 
 
@@ -302,7 +306,7 @@ TO = "0x" + "0" * 39 + "1"
     ({"any": [{"field": "to", "op": "eq", "value": TO}, {"field": "to", "op": "in", "value": []}]},
      [("hash", [TO])]),
     ({"all": [{"field": "value", "op": "gte", "value": 10}, {"field": "value", "op": "lt", "value": 20},
-              {"field": "from", "op": "ne", "value": TO}]}, [("intervals", 1)]),
+              {"field": "from", "op": "ne", "value": TO}]}, [("intervals", 1, "segments")]),
     # an event column needs no decoding: it is preferred to a decoded argument
     ({"all": [{"field": "to", "op": "eq", "value": TO}, {"field": "log_index", "op": "eq", "value": 3}]},
      [("hash", [3])]),
@@ -325,7 +329,9 @@ def test_thousands_of_triggers_on_one_field_share_one_lookup() -> None:
                            *[{"all": [{"field": "value", "op": "gte", "value": 10 * n},
                                       {"field": "value", "op": "lt", "value": 10 * n + 10}]}
                              for n in range(500)])
-    assert keys(registry) == [("hash", wallets), ("intervals", 500)]
+    assert keys(registry) == [("hash", wallets), ("intervals", 500, "segments")]
+    thresholds = registry_of(*[{"field": "value", "op": "gte", "value": n} for n in range(600)])
+    assert keys(thresholds) == [("intervals", 600, "tree")]  # nested: segments would be 600²/2
 
 
 def test_logs_no_key_admits_are_not_decoded_whole() -> None:
