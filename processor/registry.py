@@ -201,7 +201,11 @@ class TriggerRegistry:
     def matches(self, chain_id: int, event: Mapping[str, Any]
                 ) -> tuple[list[CompiledTrigger], int]:
         """The triggers ``event`` matches, in registry order, and the decode failures met."""
-        indexes = self.indexes(chain_id, event["address"], event["topic0"])
+        topic0 = event["topic0"]
+        exact = self._exact_indexes.get((chain_id, event["address"], topic0), ())
+        wildcard = self._wildcard_indexes.get((chain_id, topic0), ()) if self._wildcard_indexes \
+            else ()
+        indexes = exact + wildcard if wildcard else exact
         if not indexes:
             return [], 0
         matched: list[Entry] = []

@@ -172,7 +172,13 @@ def _fast_field_reader(signature: EventSignature, name: str) -> FieldReader | No
     assert word_decoder is not None  # a fast-path signature has only word-decodable types
     decode_word = word_decoder
 
-    def topic_counted(topic1: str | None, topic2: str | None, topic3: str | None) -> list[str]:
+    present = (True,) * indexed_count + (False,) * (3 - indexed_count)
+
+    def topic_counted(topic1: str | None, topic2: str | None, topic3: str | None
+                      ) -> Sequence[str | None]:
+        """The present topics, as the decoder counts them (the stored, gap-free form first)."""
+        if (topic1 is not None, topic2 is not None, topic3 is not None) == present:
+            return (topic1, topic2, topic3)
         topics = [t for t in (topic1, topic2, topic3) if t is not None]
         if len(topics) != indexed_count:
             raise DecodeError(f"{len(topics)} indexed topics, signature has {indexed_count}")
@@ -181,7 +187,9 @@ def _fast_field_reader(signature: EventSignature, name: str) -> FieldReader | No
     if param.indexed:
         def read_topic(topic1: str | None, topic2: str | None, topic3: str | None,
                        data: str) -> Any:
-            return decode_word(_topic_word(topic_counted(topic1, topic2, topic3)[topic_index]))
+            topic = topic_counted(topic1, topic2, topic3)[topic_index]
+            assert topic is not None  # topic_index < indexed_count: present
+            return decode_word(_topic_word(topic))
         return read_topic
     low, high = 32 * word_index, 32 * word_index + 32
 

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from web3 import Web3
 
-from core.abi import DecodeError, EventSignature, decode_log, parse_event_signature, to_json_args
+from core.abi import (
+    DecodeError,
+    EventSignature,
+    decode_log,
+    field_reader,
+    log_decoder,
+    parse_event_signature,
+    to_json_args,
+)
 from core.abi.decode import _fast_decoder, _general_decoder
 from tests.support.anvil import Anvil
 from tests.support.contracts import deploy, deploy_erc20, transact, web3_for
@@ -164,3 +172,32 @@ def test_fast_path_is_used_only_for_static_elementary_signatures() -> None:
     for text in ("T(uint256[] v)", "T(string s)", "T((uint256 a) t)", "T(uint8[2] v)"):
         assert _fast_decoder(parse_event_signature(text)) is None, text
     assert isinstance(STATIC, EventSignature)
+
+
+TOPIC = st.one_of(st.none(), WORDS.map(lambda w: "0x" + w.hex()),
+                  st.sampled_from(["0x", "0x12", "zz" * 33, "0X" + "AB" * 32]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(topics=st.lists(TOPIC, min_size=3, max_size=3),
+       body=st.lists(WORDS, min_size=0, max_size=6),
+       data_form=st.sampled_from(["0x", "0X", "", "0x "]))
+def test_field_readers_fail_only_where_the_decoder_fails_and_agree_with_it(
+        topics: list[str | None], body: list[bytes], data_form: str) -> None:
+    """What the processor's index relies on: a reader's failure means the log does not decode,
+    and when both succeed the reader's value is the decoded one."""
+    data = data_form + b"".join(body).hex()
+    decoded = outcome(log_decoder(STATIC), *topics, data)
+    for param in STATIC.inputs:
+        reader = field_reader(STATIC, param.name)
+        assert reader is not None
+        value = outcome(reader, *topics, data)
+        if value is DecodeError:
+            assert decoded is DecodeError, param.name
+        elif decoded is not DecodeError:
+            assert value == decoded[param.name], param.name
+
+
+def test_field_readers_exist_only_for_word_sliced_signatures() -> None:
+    assert field_reader(parse_event_signature("T(uint256[] v, address a)"), "a") is None
+    assert field_reader(STATIC, "nope") is None
