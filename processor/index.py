@@ -6,9 +6,10 @@ becomes its *key*, chosen at load:
 
 - ``eq`` / ``in`` on a scalar field (integer, address, hex, bytes, bool, string), or an ``any``
   of such leaves on one field → hash keys: a dict from value to triggers, one lookup per event;
-- ``gt`` / ``gte`` / ``lt`` / ``lte`` on an integer field (every such conjunct on that field,
-  combined into one closed interval) → an interval tree, one stab per event, O(log n + k);
-- nothing indexable (``ne``, ``nin``, ``contains``, ``exists``, ``not``, ``any`` of mixed
+- ``gt`` / ``gte`` / ``lt`` / ``lte`` on an integer field, or their ``not`` on a field that is
+  never absent (every such conjunct on that field, combined into one closed interval) → an
+  interval index, one stab per event (``processor.intervals``);
+- nothing indexable (``ne``, ``nin``, ``contains``, ``exists``, other ``not``s, ``any`` of mixed
   leaves, fixed-point fields, array equality, no conditions) → the trigger is *unkeyed*.
 
 An event is judged by its key fields alone; only the triggers their lookups admit, plus the
@@ -43,8 +44,6 @@ DecodeMemo = dict[LogDecoder, Any]
 UNDECODABLE: Any = object()
 
 _HASHED_KINDS = frozenset({"int", "address", "hex", "bytes", "bool", "string"})
-_LOWER_BOUNDS = {"gt": 1, "gte": 0}
-_UPPER_BOUNDS = {"lt": -1, "lte": 0}
 _NO_ARGS: Mapping[str, Any] = {}
 
 
@@ -98,9 +97,24 @@ def _hash_values(condition: Condition) -> tuple[Field, frozenset[Any]] | None:
     return None
 
 
-def _range_leaf(condition: Condition) -> bool:
-    return (condition.kind == "leaf" and condition.op in ("gt", "gte", "lt", "lte")
-            and condition.field is not None and condition.field.type.kind == "int")
+# (lower, upper) bound of the closed interval an ordered comparison with b holds on: gt b → b + 1..
+_BOUNDS = {"gt": (1, None), "gte": (0, None), "lt": (None, -1), "lte": (None, 0)}
+_NEGATED = {"gt": "lte", "gte": "lt", "lt": "gte", "lte": "gt"}
+
+
+def _bound(condition: Condition) -> tuple[Field, int | None, int | None] | None:
+    """The interval an ordered comparison on an integer field holds on, also under a ``not``
+    when the field is never absent (not nested: ``not value < b`` is ``value >= b``; a nested
+    path may be absent, where ``not`` holds and no interval does)."""
+    negated = condition.kind == "not"
+    leaf = condition.children[0] if negated else condition
+    if (leaf.kind != "leaf" or leaf.op not in _BOUNDS or leaf.field is None
+            or leaf.field.type.kind != "int" or (negated and leaf.field.nested)):
+        return None
+    low, high = _BOUNDS[_NEGATED[leaf.op] if negated else leaf.op]
+    bound = leaf.operand
+    return (leaf.field, None if low is None else bound + low,
+            None if high is None else bound + high)
 
 
 class _Probe:
@@ -187,18 +201,16 @@ class MatchIndex:
                 field, values = hashed
                 options.append(((self._cost(field), 0, len(values)), _Key(field, values),
                                 [conjunct]))
-        by_path: dict[str, tuple[Field, list[Condition]]] = {}
+        by_path: dict[str, tuple[Field, list[tuple[Condition, int | None, int | None]]]] = {}
         for conjunct in conjuncts:
-            if _range_leaf(conjunct):
-                assert conjunct.field is not None
-                by_path.setdefault(conjunct.field.path, (conjunct.field, []))[1].append(conjunct)
-        for field, leaves in by_path.values():
-            lows = [leaf.operand + _LOWER_BOUNDS[leaf.op] for leaf in leaves
-                    if leaf.op in _LOWER_BOUNDS]
-            highs = [leaf.operand + _UPPER_BOUNDS[leaf.op] for leaf in leaves
-                     if leaf.op in _UPPER_BOUNDS]
+            if (bound := _bound(conjunct)) is not None:
+                field, low, high = bound
+                by_path.setdefault(field.path, (field, []))[1].append((conjunct, low, high))
+        for field, bounds in by_path.values():
+            lows = [low for _, low, _ in bounds if low is not None]
+            highs = [high for _, _, high in bounds if high is not None]
             key = _Key(field, None, max(lows) if lows else None, min(highs) if highs else None)
-            options.append(((self._cost(field), 1, 0), key, leaves))
+            options.append(((self._cost(field), 1, 0), key, [part for part, _, _ in bounds]))
         if not options:
             return None, condition.predicate
         _, key, consumed = min(options, key=lambda option: option[0])
@@ -215,6 +227,10 @@ class MatchIndex:
             return 0
         admitted: list[Entry] = []
         try:
+            if args is None and self.unkeyed:
+                # Unkeyed triggers need the whole log anyway: decode first, read keys from it.
+                args = decoded[decoder] = decoder(event["topic1"], event["topic2"],
+                                                  event["topic3"], event["data"])
             for probe in self.probes:
                 if args is not None:
                     value = probe.get(args, event)

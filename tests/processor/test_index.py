@@ -314,11 +314,12 @@ TO = "0x" + "0" * 39 + "1"
      [("hash", [TO])]),
     ({"any": [{"field": "to", "op": "eq", "value": TO}, {"field": "from", "op": "eq", "value": TO}]},
      [("unkeyed", 1)]),
-    ({"not": {"field": "value", "op": "lt", "value": 5}}, [("unkeyed", 1)]),
+    ({"not": {"field": "value", "op": "lt", "value": 5}}, [("intervals", 1, "segments")]),
+    ({"not": {"field": "value", "op": "eq", "value": 5}}, [("unkeyed", 1)]),
     ({"field": "value", "op": "nin", "value": [1]}, [("unkeyed", 1)]),
     (None, [("unkeyed", 1)]),
-], ids=["eq", "in", "any-of-eq", "range", "event-column", "hash-first", "two-fields", "not",
-        "nin", "none"])
+], ids=["eq", "in", "any-of-eq", "range", "event-column", "hash-first", "two-fields",
+        "not-range", "not-eq", "nin", "none"])
 def test_key_choice(conditions: Any, expected: list[tuple[str, Any]]) -> None:
     assert keys(registry_of(conditions)) == expected
 
