@@ -132,9 +132,22 @@ def eq_union(draw: st.DrawFn, fields: dict[str, str], pools: Pools) -> dict[str,
     return {"any": [{"field": field, "op": "eq", "value": draw(written(kind, v))} for v in values]}
 
 
+@st.composite
+def negated_comparison(draw: st.DrawFn, fields: dict[str, str], pools: Pools) -> dict[str, Any]:
+    """``not`` of an ordered comparison: an interval on a field that is always there, not on
+    one that may be absent (``amounts.2`` of a short array)."""
+    ordered = sorted(f for f, kind in fields.items() if kind in ORDERED_KINDS)
+    field = draw(st.sampled_from(ordered))
+    kind = fields[field]
+    value = draw(written(kind, draw(st.sampled_from(pools[kind]))))
+    return {"not": {"field": field, "op": draw(st.sampled_from(["gt", "gte", "lt", "lte"])),
+                    "value": value}}
+
+
 def conditions(signature: str, pools: Pools) -> st.SearchStrategy[Any]:
     fields = {**FIELDS[signature], **EVENT_FIELDS}
-    leaves = st.one_of(leaf(fields, pools), range_pair(fields, pools), eq_union(fields, pools))
+    leaves = st.one_of(leaf(fields, pools), range_pair(fields, pools), eq_union(fields, pools),
+                       negated_comparison(fields, pools))
     trees = st.recursive(leaves, lambda children: st.one_of(
         st.lists(children, max_size=3).map(lambda c: {"all": c}),
         st.lists(children, min_size=1, max_size=2).map(lambda c: {"any": c}),
