@@ -87,17 +87,23 @@ def _hash_values(condition: Condition) -> tuple[Field, frozenset[Any]] | None:
             return condition.field, condition.operand
         return None
     if condition.kind == "any" and condition.children:
-        parts = [_hash_values(child) for child in condition.children]
-        if any(part is None for part in parts):
-            return None
-        fields = {part[0].path for part in parts if part is not None}
+        fields: dict[str, Field] = {}
+        values: set[Any] = set()
+        for child in condition.children:
+            part = _hash_values(child)
+            if part is None:
+                return None
+            fields[part[0].path] = part[0]
+            values |= part[1]
         if len(fields) != 1:
             return None
-        return parts[0][0], frozenset().union(*(part[1] for part in parts if part is not None))  # type: ignore[index]
+        (field,) = fields.values()
+        return field, frozenset(values)
     return None
 
 
-# (lower, upper) bound of the closed interval an ordered comparison with b holds on: gt b → b + 1..
+# Offsets from b of the closed interval an ordered comparison with b holds on (None: unbounded):
+# ``gt b`` holds on [b + 1, ∞), ``lte b`` on (-∞, b].
 _BOUNDS = {"gt": (1, None), "gte": (0, None), "lt": (None, -1), "lte": (None, 0)}
 _NEGATED = {"gt": "lte", "gte": "lt", "lt": "gte", "lte": "gt"}
 
