@@ -15,7 +15,7 @@ import binascii
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -149,6 +149,22 @@ def _ordinal(entry: Entry) -> int:
     return entry.ordinal
 
 
+T = TypeVar("T")
+
+
+def _exact_then_wildcard(exact: Mapping[tuple[int, str, str], tuple[T, ...]],
+                         wildcard: Mapping[tuple[int, str], tuple[T, ...]], chain_id: int,
+                         address: str, topic0: str | None) -> tuple[T, ...]:
+    """What is registered for this address, then for any address (``address`` lowercase)."""
+    if topic0 is None:
+        return ()
+    found = exact.get((chain_id, address, topic0), ())
+    more = wildcard.get((chain_id, topic0), ())
+    if not more:
+        return found
+    return found + more if found else more
+
+
 @dataclass
 class TriggerRegistry:
     """Candidate lookup by ``(chain, address, topic0)``, then the match indexes of those
@@ -178,34 +194,19 @@ class TriggerRegistry:
     def candidates(self, chain_id: int, address: str, topic0: str | None
                    ) -> tuple[CompiledTrigger, ...]:
         """Triggers whose (chain, address, topic0) fit the event; ``address`` lowercase."""
-        if topic0 is None:
-            return ()
-        exact = self._exact.get((chain_id, address, topic0), ())
-        wildcard = self._wildcard.get((chain_id, topic0), ())
-        if not wildcard:
-            return exact
-        return exact + wildcard if exact else wildcard
+        return _exact_then_wildcard(self._exact, self._wildcard, chain_id, address, topic0)
 
     def indexes(self, chain_id: int, address: str, topic0: str | None
                 ) -> tuple[MatchIndex, ...]:
         """The match indexes holding the candidates of ``(chain, address, topic0)``: the lookup
         every other way of naming contracts (e.g. a factory's children) plugs into."""
-        if topic0 is None:
-            return ()
-        exact = self._exact_indexes.get((chain_id, address, topic0), ())
-        wildcard = self._wildcard_indexes.get((chain_id, topic0), ())
-        if not wildcard:
-            return exact
-        return exact + wildcard if exact else wildcard
+        return _exact_then_wildcard(self._exact_indexes, self._wildcard_indexes, chain_id,
+                                    address, topic0)
 
     def matches(self, chain_id: int, event: Mapping[str, Any]
                 ) -> tuple[list[CompiledTrigger], int]:
         """The triggers ``event`` matches, in registry order, and the decode failures met."""
-        topic0 = event["topic0"]
-        exact = self._exact_indexes.get((chain_id, event["address"], topic0), ())
-        wildcard = self._wildcard_indexes.get((chain_id, topic0), ()) if self._wildcard_indexes \
-            else ()
-        indexes = exact + wildcard if wildcard else exact
+        indexes = self.indexes(chain_id, event["address"], event["topic0"])
         if not indexes:
             return [], 0
         matched: list[Entry] = []
