@@ -3,6 +3,7 @@ paths; and property tests against a deliberately naive reference evaluator."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -222,3 +223,13 @@ PROPERTY_SIGNATURE = parse_event_signature(
 def test_compiled_conditions_equal_the_reference(case: tuple[dict[str, Any], dict[str, Any]]) -> None:
     tree, args = case
     assert compile_conditions(tree, PROPERTY_SIGNATURE)(args, EVENT) is reference(tree, args)
+
+
+def test_fixed_point_nan_is_refused_at_load_not_raised_per_event() -> None:
+    """Comparing a Decimal with NaN raises: such a trigger used to stop the processor."""
+    signature = parse_event_signature("Price(ufixed128x18 price)")
+    for value in ("NaN", "sNaN", "nan"):
+        with pytest.raises(InvalidTrigger, match="is not a number"):
+            compile_conditions({"field": "price", "op": "gt", "value": value}, signature)
+    assert compile_conditions({"field": "price", "op": "lt", "value": "1.5"}, signature)(
+        {"price": Decimal("1.25")}, EVENT) is True
