@@ -34,6 +34,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+# NOTIFY channels live in core.channels (no SQLAlchemy needed to listen); importable from here too.
+from core.channels import (  # noqa: F401
+    CHANNEL_CHECKPOINTS,
+    CHANNEL_EVENTS,
+    CHANNEL_REORGS,
+    CHANNEL_SECRETS,
+    CHANNEL_TRIGGERS,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -48,13 +57,6 @@ ADDRESS_PATTERN = "^0x[0-9a-fA-F]{40}$"
 DELIVERY_KINDS = ("matched", "removed")
 DELIVERY_STATUSES = ("pending", "queued", "delivered", "failed", "cancelled")
 ACTION_TYPES = ("webhook",)
-
-# NOTIFY channels (payloads are short strings, far below the 8000-byte limit).
-CHANNEL_EVENTS = "blockhook_events"  # payload: chain id
-CHANNEL_TRIGGERS = "blockhook_triggers"  # payload: table name
-CHANNEL_REORGS = "blockhook_reorgs"  # payload: chain id
-CHANNEL_CHECKPOINTS = "blockhook_checkpoints"  # payload: chain id
-CHANNEL_SECRETS = "blockhook_secrets"  # payload: action id (a plaintext secret awaits sealing)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

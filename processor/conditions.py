@@ -16,6 +16,10 @@ Value semantics: integers compare exactly (JSON number, decimal string or ``0x``
 addresses and hex compare case-insensitively; ``bytes`` values are ``0x`` hex; ``in``/``nin``
 take a list; ``contains`` is substring (string), sub-sequence (bytes) or membership (array);
 ``exists`` takes an optional boolean (default ``true``).
+
+Besides its predicate, a compiled condition keeps its tree (:class:`Condition`): which field each
+leaf reads, its operator and normalised operand. ``processor.index`` builds its hash and interval
+lookups from that; the predicate stays the definition of what matches.
 """
 
 from __future__ import annotations
@@ -26,10 +30,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from eth_abi.grammar import parse
-
+from core.abi import EventSignature, FieldType, arg_name, field_type, param_type
 from core.errors import InvalidTrigger
-from processor.signature import EventSignature, Param
 
 # (decoded args, event row) → bool. The event row is any mapping with the event fields.
 Predicate = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
@@ -38,9 +40,8 @@ Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
 OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "contains", "exists"})
 EVENT_FIELDS = ("address", "block_number", "tx_hash", "log_index")
 
-Kind = Literal["int", "decimal", "address", "hex", "bytes", "bool", "string", "array", "tuple"]
-
-_MISSING: Any = object()
+# What a getter returns for a path absent from this log (an index past a dynamic array's end).
+MISSING: Any = object()
 _DECIMAL = re.compile(r"^-?[0-9]+$")
 _HEX_NUMBER = re.compile(r"^0[xX][0-9a-fA-F]+$")
 _HEX_BYTES = re.compile(r"^0[xX]([0-9a-fA-F]{2})*$")
@@ -48,45 +49,30 @@ _ADDRESS = re.compile(r"^0[xX][0-9a-fA-F]{40}$")
 _ORDERED = ("gt", "gte", "lt", "lte")
 
 
-@dataclass(frozen=True)
-class FieldType:
-    """What a path resolves to: its comparison kind and, for containers, what is inside."""
+@dataclass(frozen=True, eq=False)
+class Field:
+    """A resolved ``field`` path: ``get(args, event)`` returns its value or ``MISSING``."""
 
-    kind: Kind
-    type_str: str = ""
-    components: tuple[Param, ...] = ()
-    array_size: int | None = None  # fixed-size arrays; None = dynamic
-    byte_size: int | None = None  # bytesN
-
-    def item(self) -> FieldType:
-        return field_type(self.type_str[: self.type_str.rfind("[")], self.components)
+    path: str
+    get: Getter
+    type: FieldType
+    argument: str | None  # the decoded argument the path starts at; None for an event field
+    nested: bool  # goes into a tuple or array (``order.amount``, ``ids.0``)
 
 
-def field_type(type_str: str, components: tuple[Param, ...] = (), *,
-               hashed: bool = False) -> FieldType:
-    """The ``FieldType`` of an ABI type; ``hashed`` for indexed dynamic parameters (a topic)."""
-    if hashed:
-        return FieldType("bytes", "bytes32", byte_size=32)
-    parsed = parse(type_str)
-    if parsed.is_array:
-        size = parsed.arrlist[-1]
-        return FieldType("array", type_str, components, array_size=size[0] if size else None)
-    if components:
-        return FieldType("tuple", type_str, components)
-    base, sub = parsed.base, parsed.sub
-    if base in ("uint", "int"):
-        return FieldType("int", type_str)
-    if base in ("ufixed", "fixed"):
-        return FieldType("decimal", type_str)
-    if base == "address":
-        return FieldType("address", type_str)
-    if base == "bool":
-        return FieldType("bool", type_str)
-    if base == "string":
-        return FieldType("string", type_str)
-    if base == "bytes":
-        return FieldType("bytes", type_str, byte_size=int(sub) if sub else None)
-    return FieldType("bytes", type_str)  # ``function``: 24 raw bytes
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """A compiled, validated condition node. ``predicate`` decides; the rest describes the node
+    for the matching index: ``children`` of ``all``/``any``/``not``, and for a leaf its
+    ``field``, ``op`` and ``operand`` (the normalised value: a scalar for ``eq``/``ne`` and the
+    ordered operators, a frozenset for ``in``/``nin``, the wanted boolean for ``exists``)."""
+
+    kind: Literal["all", "any", "not", "leaf"]
+    predicate: Predicate
+    children: tuple[Condition, ...] = ()
+    field: Field | None = None
+    op: str = ""
+    operand: Any = None
 
 
 _EVENT_FIELD_TYPES = {
@@ -103,19 +89,17 @@ def _event_getter(name: str) -> Getter:
     return lambda args, event: event[name]
 
 
-def _resolve(path: str, signature: EventSignature, where: str) -> tuple[Getter, FieldType]:
-    """Compile a dotted path into a getter returning the value or ``_MISSING``."""
+def _resolve(path: str, signature: EventSignature, where: str) -> Field:
+    """Compile a dotted path into a getter returning the value or ``MISSING``."""
     if not isinstance(path, str) or not path:
         raise InvalidTrigger(f"{where}: 'field' must be a non-empty string")
     head, *rest = path.split(".")
-    params = {(p.name or f"arg{i}"): p for i, p in enumerate(signature.inputs)}
+    params = signature.params_by_name
     getter: Getter
+    argument: str | None = None
     if head in params:
-        param = params[head]
-        hashed = param.indexed and (param.components or parse(param.type).is_dynamic
-                                    or parse(param.type).is_array)
-        current = field_type(param.type, param.components, hashed=bool(hashed))
-        getter = _arg_getter(head)
+        current = param_type(params[head])
+        getter, argument = _arg_getter(head), head
     elif head in _EVENT_FIELD_TYPES:
         current, getter = _EVENT_FIELD_TYPES[head], _event_getter(head)
     else:
@@ -132,7 +116,7 @@ def _resolve(path: str, signature: EventSignature, where: str) -> tuple[Getter, 
             getter = _index_getter(getter, index)
             current = current.item()
         elif current.kind == "tuple":
-            names = [m.name or f"arg{i}" for i, m in enumerate(current.components)]
+            names = [arg_name(m, i) for i, m in enumerate(current.components)]
             if segment in names:
                 index = names.index(segment)
             elif segment.isdigit() and int(segment) < len(names):
@@ -146,7 +130,7 @@ def _resolve(path: str, signature: EventSignature, where: str) -> tuple[Getter, 
         else:
             raise InvalidTrigger(f"{where}: {path!r}: cannot go into a {current.type_str} "
                                  f"with {segment!r}")
-    return getter, current
+    return Field(path, getter, current, argument, nested=bool(rest))
 
 
 def _arg_getter(name: str) -> Getter:
@@ -156,8 +140,8 @@ def _arg_getter(name: str) -> Getter:
 def _index_getter(parent: Getter, index: int) -> Getter:
     def get(args: Mapping[str, Any], event: Mapping[str, Any]) -> Any:
         container = parent(args, event)
-        if container is _MISSING or index >= len(container):
-            return _MISSING
+        if container is MISSING or index >= len(container):
+            return MISSING
         return container[index]
     return get
 
@@ -195,7 +179,10 @@ def _scalar(ftype: FieldType, value: object, where: str) -> Any:
         try:
             if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise InvalidOperation
-            return Decimal(str(value))
+            decimal = Decimal(str(value))
+            if decimal.is_nan():  # NaN is unordered: comparing it would raise on every event
+                raise InvalidOperation
+            return decimal
         except InvalidOperation:
             raise InvalidTrigger(f"{where}: {value!r} is not a number for a {ftype.type_str} "
                                  "field") from None
@@ -241,19 +228,26 @@ def _scalar(ftype: FieldType, value: object, where: str) -> Any:
 # --- leaves ----------------------------------------------------------------------------------
 
 
-def _leaf(node: Mapping[str, Any], signature: EventSignature, where: str) -> Predicate:
+def _leaf(node: Mapping[str, Any], signature: EventSignature, where: str) -> Condition:
     unknown = set(node) - {"field", "op", "value"}
     if unknown:
         raise InvalidTrigger(f"{where}: unexpected keys {sorted(unknown)} in a condition")
     op = node.get("op")
     if op not in OPERATORS:
         raise InvalidTrigger(f"{where}: unknown operator {op!r} (one of {', '.join(sorted(OPERATORS))})")
-    get, ftype = _resolve(node.get("field"), signature, where)  # type: ignore[arg-type]
+    field = _resolve(node.get("field"), signature, where)  # type: ignore[arg-type]
+    predicate, operand = _leaf_predicate(node, op, field, where)
+    return Condition("leaf", predicate, field=field, op=op, operand=operand)
+
+
+def _leaf_predicate(node: Mapping[str, Any], op: str, field: Field,
+                    where: str) -> tuple[Predicate, Any]:
+    get, ftype = field.get, field.type
     if op == "exists":
         wanted = node.get("value", True)
         if not isinstance(wanted, bool):
             raise InvalidTrigger(f"{where}: 'exists' takes true or false, not {wanted!r}")
-        return lambda args, event: (get(args, event) is not _MISSING) is wanted
+        return (lambda args, event: (get(args, event) is not MISSING) is wanted), wanted
     if "value" not in node:
         raise InvalidTrigger(f"{where}: operator {op!r} needs a 'value'")
     value = node["value"]
@@ -261,12 +255,14 @@ def _leaf(node: Mapping[str, Any], signature: EventSignature, where: str) -> Pre
         if ftype.kind not in ("int", "decimal"):
             raise InvalidTrigger(f"{where}: {op!r} needs a numeric field, "
                                  f"{node['field']!r} is {ftype.type_str}")
-        return _ordered(op, get, _scalar(ftype, value, where))
+        bound = _scalar(ftype, value, where)
+        return _ordered(op, get, bound), bound
     if op in ("eq", "ne"):
         expected = _scalar(ftype, value, where)
         if op == "eq":
-            return lambda args, event: get(args, event) == expected
-        return lambda args, event: (found := get(args, event)) is not _MISSING and found != expected
+            return (lambda args, event: get(args, event) == expected), expected
+        return (lambda args, event: (found := get(args, event)) is not MISSING
+                and found != expected), expected
     if op in ("in", "nin"):
         if not isinstance(value, list):
             raise InvalidTrigger(f"{where}: {op!r} takes a list, not {value!r}")
@@ -275,20 +271,21 @@ def _leaf(node: Mapping[str, Any], signature: EventSignature, where: str) -> Pre
                                  f"{ftype.type_str}")
         choices = frozenset(_scalar(ftype, member, where) for member in value)
         if op == "in":
-            return lambda args, event: get(args, event) in choices
-        return lambda args, event: (found := get(args, event)) is not _MISSING and found not in choices
-    return _contains(get, ftype, value, where, node)
+            return (lambda args, event: get(args, event) in choices), choices
+        return (lambda args, event: (found := get(args, event)) is not MISSING
+                and found not in choices), choices
+    return _contains(get, ftype, value, where, node), value
 
 
 def _ordered(op: str, get: Getter, bound: Any) -> Predicate:
     # Missing values compare false; decoded ints are ints, so no coercion on the hot path.
     if op == "gt":
-        return lambda args, event: (v := get(args, event)) is not _MISSING and v > bound
+        return lambda args, event: (v := get(args, event)) is not MISSING and v > bound
     if op == "gte":
-        return lambda args, event: (v := get(args, event)) is not _MISSING and v >= bound
+        return lambda args, event: (v := get(args, event)) is not MISSING and v >= bound
     if op == "lt":
-        return lambda args, event: (v := get(args, event)) is not _MISSING and v < bound
-    return lambda args, event: (v := get(args, event)) is not _MISSING and v <= bound
+        return lambda args, event: (v := get(args, event)) is not MISSING and v < bound
+    return lambda args, event: (v := get(args, event)) is not MISSING and v <= bound
 
 
 def _contains(get: Getter, ftype: FieldType, value: object, where: str,
@@ -296,16 +293,16 @@ def _contains(get: Getter, ftype: FieldType, value: object, where: str,
     if ftype.kind == "string":
         if not isinstance(value, str):
             raise InvalidTrigger(f"{where}: 'contains' on a string takes a string")
-        return lambda args, event: (v := get(args, event)) is not _MISSING and value in v
+        return lambda args, event: (v := get(args, event)) is not MISSING and value in v
     if ftype.kind == "bytes":
         needle = _scalar(FieldType("bytes", "bytes"), value, where)
-        return lambda args, event: (v := get(args, event)) is not _MISSING and needle in v
+        return lambda args, event: (v := get(args, event)) is not MISSING and needle in v
     if ftype.kind == "hex":
         text = _scalar(ftype, value, where)[2:]
-        return lambda args, event: (v := get(args, event)) is not _MISSING and text in v[2:]
+        return lambda args, event: (v := get(args, event)) is not MISSING and text in v[2:]
     if ftype.kind == "array":
         member = _scalar(ftype.item(), value, where)
-        return lambda args, event: (v := get(args, event)) is not _MISSING and member in v
+        return lambda args, event: (v := get(args, event)) is not MISSING and member in v
     raise InvalidTrigger(f"{where}: 'contains' needs a string, bytes or array field, "
                          f"{node['field']!r} is {ftype.type_str}")
 
@@ -313,11 +310,12 @@ def _contains(get: Getter, ftype: FieldType, value: object, where: str,
 # --- tree ------------------------------------------------------------------------------------
 
 
-def _always(args: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+def always(args: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+    """The predicate of a trigger without conditions."""
     return True
 
 
-def _compile(node: object, signature: EventSignature, where: str, depth: int) -> Predicate:
+def _compile(node: object, signature: EventSignature, where: str, depth: int) -> Condition:
     if depth > 32:
         raise InvalidTrigger(f"{where}: conditions nested deeper than 32 levels")
     if not isinstance(node, Mapping):
@@ -328,20 +326,25 @@ def _compile(node: object, signature: EventSignature, where: str, depth: int) ->
             raise InvalidTrigger(f"{where}: {groups[0]!r} must be the only key of its object")
         key = groups[0]
         if key == "not":
-            inner = _compile(node["not"], signature, f"{where}.not", depth + 1)
-            return lambda args, event: not inner(args, event)
+            child = _compile(node["not"], signature, f"{where}.not", depth + 1)
+            inner = child.predicate
+            return Condition("not", lambda args, event: not inner(args, event), (child,))
         members = node[key]
         if not isinstance(members, list):
             raise InvalidTrigger(f"{where}: {key!r} takes a list of conditions")
-        predicates = tuple(_compile(member, signature, f"{where}.{key}[{i}]", depth + 1)
-                           for i, member in enumerate(members))
-        return _all(predicates) if key == "all" else _any(predicates)
+        children = tuple(_compile(member, signature, f"{where}.{key}[{i}]", depth + 1)
+                         for i, member in enumerate(members))
+        predicates = [child.predicate for child in children]
+        if key == "all":
+            return Condition("all", all_of(predicates), children)
+        return Condition("any", _any(predicates), children)
     if "field" not in node or "op" not in node:
         raise InvalidTrigger(f"{where}: a condition is all/any/not or has 'field' and 'op'")
     return _leaf(node, signature, where)
 
 
-def _all(predicates: Sequence[Predicate]) -> Predicate:
+def all_of(predicates: Sequence[Predicate]) -> Predicate:
+    """The conjunction of ``predicates``, evaluated in order, stopping at the first false."""
     if len(predicates) == 1:
         return predicates[0]
 
@@ -365,11 +368,18 @@ def _any(predicates: Sequence[Predicate]) -> Predicate:
     return any_of
 
 
-def compile_conditions(conditions: object, signature: EventSignature) -> Predicate:
-    """Validate ``conditions`` (the parsed ``triggers.conditions`` JSON; ``None`` = always)
-    against ``signature`` and return a predicate ``(args, event) -> bool``.
+def compile_condition_tree(conditions: object, signature: EventSignature) -> Condition | None:
+    """Validate ``conditions`` (the parsed ``triggers.conditions`` JSON) against ``signature``
+    and compile it; ``None`` for ``None`` (always true).
 
     Raises ``InvalidTrigger`` with the path of the offending node (``conditions.all[1]``)."""
     if conditions is None:
-        return _always
+        return None
     return _compile(conditions, signature, "conditions", 0)
+
+
+def compile_conditions(conditions: object, signature: EventSignature) -> Predicate:
+    """:func:`compile_condition_tree`'s predicate ``(args, event) -> bool`` (always true for
+    ``None``); raises ``InvalidTrigger`` the same way."""
+    tree = compile_condition_tree(conditions, signature)
+    return always if tree is None else tree.predicate

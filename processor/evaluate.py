@@ -1,9 +1,10 @@
 """Evaluate stored events against the registry: pure, no I/O.
 
-Each event finds its candidate triggers in O(1); the log is decoded once per distinct signature
-among them (a log that does not decode is a non-match, counted); conditions are compiled
-closures. A match becomes a delivery now, or a deferred match when the trigger wants more
-confirmations than the chain's checkpoint gives yet.
+Each event finds its candidates' match indexes in O(1) (``TriggerRegistry.matches``): the
+triggers their keys admit are checked further, the log decoded at most once per signature and
+only when some trigger needs it (a log that does not decode is a non-match, counted). A match
+becomes a delivery now, or a deferred match when the trigger wants more confirmations than the
+chain's checkpoint gives yet.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processor.decode import DecodeError, LogDecoder
 from processor.registry import TriggerRegistry
-
-_UNDECODABLE: Any = object()
 
 
 @dataclass
@@ -46,33 +44,25 @@ class Evaluation:
 
 def evaluate_events(events: Sequence[Mapping[str, Any]], registry: TriggerRegistry, *,
                     chain_id: int, checkpoint: int | None,
-                    result: Evaluation | None = None) -> Evaluation:
+                    result: Evaluation | None = None, reference: bool = False) -> Evaluation:
     """Evaluate ``events`` (rows with id, block_number, block_time, address, topic0..3, data,
     tx_hash, log_index) of ``chain_id``. ``checkpoint`` is the chain's last ingested block
-    (``None`` when unknown: every ``confirmations > 0`` match is deferred)."""
+    (``None`` when unknown: every ``confirmations > 0`` match is deferred). ``reference``
+    evaluates every candidate's whole predicate instead of the index (same result, slower:
+    for tests and benchmarks)."""
     result = result or Evaluation()
-    candidates_of = registry.candidates
+    matches_of = registry.reference_matches if reference else registry.matches
     per_trigger = result.per_trigger
     for event in events:
         result.events += 1
-        candidates = candidates_of(chain_id, event["address"], event["topic0"])
-        if not candidates:
+        matched, failures = matches_of(chain_id, event)
+        if failures:
+            result.decode_failures += failures
+        if not matched:
             continue
-        decoded: dict[LogDecoder, Any] = {}
-        for trigger in candidates:
-            args = decoded.get(trigger.decoder)
-            if args is None:
-                try:
-                    args = trigger.decoder(event["topic1"], event["topic2"], event["topic3"],
-                                           event["data"])
-                except DecodeError:
-                    args = _UNDECODABLE
-                    result.decode_failures += 1
-                decoded[trigger.decoder] = args
-            if args is _UNDECODABLE or not trigger.predicate(args, event):
-                continue
+        block_number = event["block_number"]
+        for trigger in matched:
             result.matches += 1
-            block_number = event["block_number"]
             ready_at = block_number + trigger.confirmations
             deferred = trigger.confirmations > 0 and (checkpoint is None or checkpoint < ready_at)
             for action_id in trigger.action_ids:

@@ -16,8 +16,8 @@ import asyncpg
 import structlog
 
 from core.backoff import Backoff
+from core.channels import CHANNEL_CHECKPOINTS, CHANNEL_EVENTS, CHANNEL_REORGS, CHANNEL_TRIGGERS
 from core.db import asyncpg_dsn
-from core.schema import CHANNEL_CHECKPOINTS, CHANNEL_EVENTS, CHANNEL_REORGS, CHANNEL_TRIGGERS
 
 log = structlog.get_logger(__name__)
 

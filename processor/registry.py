@@ -1,6 +1,7 @@
 """The in-memory trigger registry: enabled triggers with their enabled actions, validated and
-compiled once per load, indexed by ``(chain_id, address or None, topic0)`` for O(1) candidate
-lookup per event.
+compiled once per load, grouped by ``(chain_id, address or None, topic0)`` for O(1) candidate
+lookup per event, and within each group indexed by condition (``processor.index``) so the cost
+of matching an event does not grow with the number of triggers on its contract and event.
 
 An invalid trigger (unparseable signature, bad condition, bad action config) is skipped; its
 reason is written to ``triggers.error`` only when it changed (so each reason is logged once across
@@ -14,7 +15,7 @@ import binascii
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -22,10 +23,10 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
+from core.abi import DecodeError, EventSignature, LogDecoder, log_decoder, parse_event_signature
 from core.errors import InvalidTrigger
-from processor.conditions import Predicate, compile_conditions
-from processor.decode import LogDecoder, log_decoder
-from processor.signature import EventSignature, parse_event_signature
+from processor.conditions import Condition, Predicate, always, compile_condition_tree
+from processor.index import UNDECODABLE, DecodeMemo, Entry, MatchIndex
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,8 @@ class CompiledTrigger:
     signature: EventSignature
     topic0: str
     decoder: LogDecoder
-    predicate: Predicate
+    condition: Condition | None  # None: no conditions
+    predicate: Predicate  # the whole condition: what "matches" means
     confirmations: int
     action_ids: tuple[int, ...]
 
@@ -121,7 +123,7 @@ def _action_error(action_id: int, config: Any) -> str | None:
 def compile_trigger(row: TriggerRow) -> CompiledTrigger:
     """Validate and compile one trigger; raise ``InvalidTrigger`` with a reason for the user."""
     signature = parse_event_signature(row.event_signature)
-    predicate = compile_conditions(row.conditions, signature)
+    condition = compile_condition_tree(row.conditions, signature)
     for action_id, config in row.actions:
         if (problem := _action_error(action_id, config)) is not None:
             raise InvalidTrigger(problem)
@@ -129,14 +131,49 @@ def compile_trigger(row: TriggerRow) -> CompiledTrigger:
         id=row.id, name=row.name, chain_id=row.chain_id,
         address=row.address.lower() if row.address else None,
         signature=signature, topic0=signature.topic0, decoder=log_decoder(signature),
-        predicate=predicate, confirmations=row.confirmations,
+        condition=condition, predicate=always if condition is None else condition.predicate,
+        confirmations=row.confirmations,
         action_ids=tuple(action_id for action_id, _ in row.actions),
     )
 
 
+# Wildcard (any address) triggers come after the exact ones of an event, as they always have.
+_WILDCARD_ORDINAL = 1 << 40
+
+
+def _match_indexes(triggers: list[CompiledTrigger], first_ordinal: int
+                   ) -> tuple[MatchIndex, ...]:
+    by_decoder: dict[LogDecoder, list[tuple[int, CompiledTrigger]]] = defaultdict(list)
+    for position, trigger in enumerate(triggers):
+        by_decoder[trigger.decoder].append((first_ordinal + position, trigger))
+    return tuple(MatchIndex(group) for group in by_decoder.values())
+
+
+def _ordinal(entry: Entry) -> int:
+    return entry.ordinal
+
+
+T = TypeVar("T")
+
+
+def _exact_then_wildcard(exact: Mapping[tuple[int, str, str], tuple[T, ...]],
+                         wildcard: Mapping[tuple[int, str], tuple[T, ...]], chain_id: int,
+                         address: str, topic0: str | None) -> tuple[T, ...]:
+    """What is registered for this address, then for any address (``address`` lowercase)."""
+    if topic0 is None:
+        return ()
+    found = exact.get((chain_id, address, topic0), ())
+    more = wildcard.get((chain_id, topic0), ())
+    if not more:
+        return found
+    return found + more if found else more
+
+
 @dataclass
 class TriggerRegistry:
-    """Candidate lookup: ``candidates(chain, address, topic0)`` → the triggers to evaluate."""
+    """Candidate lookup by ``(chain, address, topic0)``, then the match indexes of those
+    candidates. ``matches`` is what the processor uses; ``reference_matches`` evaluates every
+    candidate's whole predicate and is the definition ``matches`` is tested against."""
 
     triggers: tuple[CompiledTrigger, ...] = ()
     invalid: dict[int, str] = field(default_factory=dict)
@@ -151,6 +188,9 @@ class TriggerRegistry:
                 exact[(trigger.chain_id, trigger.address, trigger.topic0)].append(trigger)
         self._exact = {key: tuple(value) for key, value in exact.items()}
         self._wildcard = {key: tuple(value) for key, value in wildcard.items()}
+        self._exact_indexes = {key: _match_indexes(value, 0) for key, value in exact.items()}
+        self._wildcard_indexes = {key: _match_indexes(value, _WILDCARD_ORDINAL)
+                                  for key, value in wildcard.items()}
         self.by_id = {trigger.id: trigger for trigger in self.triggers}
         # Only triggers with confirmations need the chain's checkpoint while evaluating.
         self.needs_checkpoints = any(trigger.confirmations for trigger in self.triggers)
@@ -158,13 +198,50 @@ class TriggerRegistry:
     def candidates(self, chain_id: int, address: str, topic0: str | None
                    ) -> tuple[CompiledTrigger, ...]:
         """Triggers whose (chain, address, topic0) fit the event; ``address`` lowercase."""
-        if topic0 is None:
-            return ()
-        exact = self._exact.get((chain_id, address, topic0), ())
-        wildcard = self._wildcard.get((chain_id, topic0), ())
-        if not wildcard:
-            return exact
-        return exact + wildcard if exact else wildcard
+        return _exact_then_wildcard(self._exact, self._wildcard, chain_id, address, topic0)
+
+    def indexes(self, chain_id: int, address: str, topic0: str | None
+                ) -> tuple[MatchIndex, ...]:
+        """The match indexes holding the candidates of ``(chain, address, topic0)``: the lookup
+        every other way of naming contracts (e.g. a factory's children) plugs into."""
+        return _exact_then_wildcard(self._exact_indexes, self._wildcard_indexes, chain_id,
+                                    address, topic0)
+
+    def matches(self, chain_id: int, event: Mapping[str, Any]
+                ) -> tuple[list[CompiledTrigger], int]:
+        """The triggers ``event`` matches, in registry order, and the decode failures met."""
+        indexes = self.indexes(chain_id, event["address"], event["topic0"])
+        if not indexes:
+            return [], 0
+        matched: list[Entry] = []
+        decoded: DecodeMemo = {}
+        failures = 0
+        for index in indexes:
+            failures += index.match(event, decoded, matched)
+        if len(matched) > 1:
+            matched.sort(key=_ordinal)
+        return [entry.trigger for entry in matched], failures
+
+    def reference_matches(self, chain_id: int, event: Mapping[str, Any]
+                          ) -> tuple[list[CompiledTrigger], int]:
+        """``matches`` by definition: every candidate, the log decoded once per signature, the
+        whole predicate (the evaluator before the index; kept as the tests' reference)."""
+        matched: list[CompiledTrigger] = []
+        decoded: DecodeMemo = {}
+        failures = 0
+        for trigger in self.candidates(chain_id, event["address"], event["topic0"]):
+            args = decoded.get(trigger.decoder)
+            if args is None:
+                try:
+                    args = trigger.decoder(event["topic1"], event["topic2"], event["topic3"],
+                                           event["data"])
+                except DecodeError:
+                    args = UNDECODABLE
+                    failures += 1
+                decoded[trigger.decoder] = args
+            if args is not UNDECODABLE and trigger.predicate(args, event):
+                matched.append(trigger)
+        return matched, failures
 
     @classmethod
     def build(cls, rows: Iterable[TriggerRow]) -> TriggerRegistry:

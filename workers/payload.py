@@ -1,7 +1,7 @@
 """The webhook body (SPEC §6), built from the stored event and the trigger's signature.
 
 Integers are decimal strings, addresses and bytes lowercase hex, tuples objects keyed by member
-name, arrays arrays (``processor.decode.to_json_args``). ``type`` is ``event.matched`` or
+name, arrays arrays (``core.abi.to_json_args``). ``type`` is ``event.matched`` or
 ``event.removed``; replayed deliveries carry ``"replay": true``. The body is a pure function of
 the rows, so every retry sends the same bytes.
 """
@@ -15,9 +15,8 @@ from typing import Any
 
 import orjson
 
+from core.abi import DecodeError, decode_log, parse_event_signature, to_json_args
 from core.errors import InvalidTrigger, PermanentError
-from processor.decode import DecodeError, decode_log, to_json_args
-from processor.signature import parse_event_signature
 
 EVENT_TYPES = {"matched": "event.matched", "removed": "event.removed"}
 

@@ -20,8 +20,8 @@ import psycopg
 import structlog
 
 from core.backoff import backoff_delay
+from core.channels import CHANNEL_SECRETS
 from core.crypto import Keyring
-from core.schema import CHANNEL_SECRETS
 from core.sealing import SealReport, expire_previous_secrets, seal_secrets
 
 log = structlog.get_logger(__name__)

@@ -20,6 +20,11 @@ Latency: ``python -m processor`` as a real process (LISTEN/NOTIFY) while a write
 events every 50 ms (1,000 events/s) for 15 s; per delivery ``queued_at − event_committed_at``
 (the batch's commit-side timestamp to the moment its RQ job was written), p50/p99.
 
+Hot contracts (``scripts/benchmarks/hot_triggers.py``, issue 18): the same processor on 100,000
+events of one token under 500 range triggers and under 10,000 ``to eq`` triggers on that token's
+``Transfer``, each beside the same events with 10 triggers, timed from process start; and the
+share of evaluation time spent decoding, before and after the match index.
+
 Backends: ``plain`` (a database on the local server), ``timescale-500-chunks`` (a throwaway
 TimescaleDB cluster whose hypertable holds 500 daily chunks of history before the bench rows).
 Redis: a redis-server of the benchmark's own.
@@ -47,10 +52,11 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from core.abi import parse_event_signature  # noqa: E402
 from core.db import create_pool  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from processor.service import POOL_SERVER_SETTINGS, Processor  # noqa: E402
-from processor.signature import parse_event_signature  # noqa: E402
+from scripts.benchmarks.hot_triggers import run_hot  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
 from tests.e2e.redis_server import RedisServer  # noqa: E402
 from tests.support import databases  # noqa: E402
@@ -398,6 +404,9 @@ def run(backend: str = "both") -> list[Figure]:
                     f"commit->enqueue p99 @1k ev/s [{target.name}]", latency["p99"], "ms",
                     bar=50, goal=25, higher_is_better=False,
                     note=f"from batch created_at (inside the ingest tx): {latency['metric_p99']:.2f} ms"))
+                figures += run_hot(target.url, redis_server.url, backend=target.name,
+                                   transfer=TRANSFER, transfer_topic=TRANSFER_TOPIC,
+                                   in_process=_processor_run)
     finally:
         redis_server.stop()
         redis_log.unlink(missing_ok=True)

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from core.abi import parse_event_signature
 from core.errors import InvalidTrigger
 from processor.conditions import compile_conditions
-from processor.signature import parse_event_signature
 from tests.e2e.chain import TOKEN, TRANSFER
 from tests.e2e.conftest import Pipeline
 from tests.e2e.pipeline import (

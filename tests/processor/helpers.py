@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 from eth_abi import encode
 
+from core.abi import parse_event_signature
 from core.db import connect
-from processor.signature import parse_event_signature
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_ID = 31337

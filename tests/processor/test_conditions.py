@@ -3,15 +3,16 @@ paths; and property tests against a deliberately naive reference evaluator."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.abi import parse_event_signature
 from core.errors import InvalidTrigger
 from processor.conditions import compile_conditions
-from processor.signature import parse_event_signature
 
 SIGNATURE = parse_event_signature(
     "Sample(address indexed from, uint256 value, int256 delta, bytes32 tag, bool flag, "
@@ -222,3 +223,13 @@ PROPERTY_SIGNATURE = parse_event_signature(
 def test_compiled_conditions_equal_the_reference(case: tuple[dict[str, Any], dict[str, Any]]) -> None:
     tree, args = case
     assert compile_conditions(tree, PROPERTY_SIGNATURE)(args, EVENT) is reference(tree, args)
+
+
+def test_fixed_point_nan_is_refused_at_load_not_raised_per_event() -> None:
+    """Comparing a Decimal with NaN raises: such a trigger used to stop the processor."""
+    signature = parse_event_signature("Price(ufixed128x18 price)")
+    for value in ("NaN", "sNaN", "nan"):
+        with pytest.raises(InvalidTrigger, match="is not a number"):
+            compile_conditions({"field": "price", "op": "gt", "value": value}, signature)
+    assert compile_conditions({"field": "price", "op": "lt", "value": "1.5"}, signature)(
+        {"price": Decimal("1.25")}, EVENT) is True

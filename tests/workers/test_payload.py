@@ -7,7 +7,7 @@ from typing import Any
 import redis
 from eth_abi import encode as abi_encode
 
-from processor.signature import parse_event_signature
+from core.abi import parse_event_signature
 from tests.support import contracts
 from tests.support.anvil import Anvil
 from tests.support.receiver import Receiver

@@ -1,4 +1,4 @@
-"""Decode a stored log under an event signature, and turn decoded values into SPEC §6 JSON.
+"""Decode a stored log under an event signature: the whole log, or one top-level field.
 
 Indexed parameters of dynamic type (``string``, ``bytes``, arrays, tuples) are topic hashes: they
 decode to the 32-byte hash. A log that does not fit the signature (wrong topic count, short or
@@ -8,6 +8,9 @@ Signatures made only of static elementary types (``Transfer``, ``Approval``, ``S
 bulk of real traffic) are decoded by slicing 32-byte words, with the same validity rules as
 eth_abi (padding, ranges, ``bool`` in {0, 1}); everything else goes through eth_abi. Both paths
 return addresses as lowercase ``0x`` strings.
+
+For those same signatures, :func:`field_reader` reads one top-level parameter without decoding
+the rest, so a caller can judge a log by one field and decode the whole log only when it passes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_abi.grammar import ABIType, BasicType, TupleType, parse
 
-from processor.signature import EventSignature, Param
+from core.abi.signature import EventSignature, arg_name
 
 
 class DecodeError(ValueError):
@@ -30,6 +33,8 @@ class DecodeError(ValueError):
 
 # (topic1, topic2, topic3, data) → {name: value}; raises DecodeError.
 LogDecoder = Callable[[str | None, str | None, str | None, str], dict[str, Any]]
+# (topic1, topic2, topic3, data) → the value of one parameter; raises DecodeError.
+FieldReader = Callable[[str | None, str | None, str | None, str], Any]
 WordDecoder = Callable[[bytes], Any]
 
 _ZERO_12 = bytes(12)
@@ -37,20 +42,11 @@ _ELEMENTARY_INT = re.compile(r"^(u?)int(\d+)$")
 _FIXED_BYTES = re.compile(r"^bytes(\d+)$")
 
 
-def _arg_name(param: Param, position: int) -> str:
-    return param.name or f"arg{position}"
-
-
 def _hex_to_bytes(value: str) -> bytes:
     try:
         return bytes.fromhex(value[2:] if value.startswith(("0x", "0X")) else value)
     except ValueError:
         raise DecodeError(f"not hex: {value[:20]!r}") from None
-
-
-def _is_hashed_when_indexed(param: Param) -> bool:
-    parsed = parse(param.type)
-    return bool(parsed.is_dynamic or parsed.is_array or param.components)
 
 
 def _word_decoder(type_str: str) -> WordDecoder | None:
@@ -132,7 +128,7 @@ def _fast_decoder(signature: EventSignature) -> LogDecoder | None:
         word_decoder = _word_decoder(param.type)
         if word_decoder is None:
             return None
-        plan.append((_arg_name(param, position), param.indexed, word_decoder))
+        plan.append((arg_name(param, position), param.indexed, word_decoder))
     indexed_count = len(signature.indexed)
     data_words = len(plan) - indexed_count
 
@@ -158,15 +154,75 @@ def _fast_decoder(signature: EventSignature) -> LogDecoder | None:
     return decode
 
 
+def _fast_field_reader(signature: EventSignature, name: str) -> FieldReader | None:
+    """One parameter of a fast-path signature, with the decoder's checks for that parameter
+    (topic count; its topic or data word, the data's hex and length up to that word)."""
+    if any(_word_decoder(param.type) is None for param in signature.inputs):
+        return None
+    indexed_count = len(signature.indexed)
+    topic_index = word_index = 0
+    for position, param in enumerate(signature.inputs):
+        if arg_name(param, position) == name:
+            break
+        topic_index += param.indexed
+        word_index += not param.indexed
+    else:
+        return None
+    word_decoder = _word_decoder(param.type)
+    assert word_decoder is not None  # a fast-path signature has only word-decodable types
+    decode_word = word_decoder
+
+    present = (True,) * indexed_count + (False,) * (3 - indexed_count)
+
+    def topic_counted(topic1: str | None, topic2: str | None, topic3: str | None
+                      ) -> Sequence[str | None]:
+        """The present topics, as the decoder counts them (the stored, gap-free form first)."""
+        if (topic1 is not None, topic2 is not None, topic3 is not None) == present:
+            return (topic1, topic2, topic3)
+        topics = [t for t in (topic1, topic2, topic3) if t is not None]
+        if len(topics) != indexed_count:
+            raise DecodeError(f"{len(topics)} indexed topics, signature has {indexed_count}")
+        return topics
+
+    if param.indexed:
+        def read_topic(topic1: str | None, topic2: str | None, topic3: str | None,
+                       data: str) -> Any:
+            topic = topic_counted(topic1, topic2, topic3)[topic_index]
+            assert topic is not None  # topic_index < indexed_count: present
+            return decode_word(_topic_word(topic))
+        return read_topic
+    low, high = 32 * word_index, 32 * word_index + 32
+
+    def read_word(topic1: str | None, topic2: str | None, topic3: str | None, data: str) -> Any:
+        topic_counted(topic1, topic2, topic3)
+        body = _hex_to_bytes(data)
+        if len(body) < high:
+            raise DecodeError(f"data is {len(body)} bytes, {name!r} needs {high}")
+        return decode_word(body[low:high])
+    return read_word
+
+
+@lru_cache(maxsize=4096)
+def field_reader(signature: EventSignature, name: str) -> FieldReader | None:
+    """A reader of the top-level parameter ``name`` alone, or ``None`` when the signature is not
+    one of the word-sliced ones (then decode the whole log).
+
+    Contract, relied on by the processor's index: when the reader raises ``DecodeError`` the
+    whole log's decode raises too, and when both succeed the reader's value is the decoded
+    ``args[name]``. The reader may succeed on a log the full decode refuses (a malformed other
+    word), so a log judged by one field must still be decoded before it counts as a match."""
+    return _fast_field_reader(signature, name)
+
+
 def _general_decoder(signature: EventSignature) -> LogDecoder:
     """eth_abi for everything the fast path does not cover."""
     inputs = signature.inputs
-    indexed = [(position, param, _is_hashed_when_indexed(param), _address_normaliser(param.type))
+    indexed = [(position, param, param.hashed_in_topic, _address_normaliser(param.type))
                for position, param in enumerate(inputs) if param.indexed]
     body_params = [(position, param) for position, param in enumerate(inputs) if not param.indexed]
     body_types = [param.type for _, param in body_params]
     body_normalisers = [_address_normaliser(type_str) for type_str in body_types]
-    names = [_arg_name(param, position) for position, param in enumerate(inputs)]
+    names = [arg_name(param, position) for position, param in enumerate(inputs)]
 
     def decode(topic1: str | None, topic2: str | None, topic3: str | None,
                data: str) -> dict[str, Any]:
@@ -213,37 +269,3 @@ def decode_log(signature: EventSignature, topics: Sequence[str | None], data: st
     """
     padded = [*topics[1:4], None, None, None][:3]
     return log_decoder(signature)(padded[0], padded[1], padded[2], data)
-
-
-def _json_value(type_str: str, components: tuple[Param, ...], value: Any) -> Any:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    parsed = parse(type_str)
-    if parsed.is_array:
-        item_type = type_str[: type_str.rfind("[")]
-        return [_json_value(item_type, components, item) for item in value]
-    if components:
-        return {_arg_name(member, i): _json_value(member.type, member.components, item)
-                for i, (member, item) in enumerate(zip(components, value, strict=True))}
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value.lower() if type_str == "address" else value
-    return str(value)  # fixed-point decimals
-
-
-def to_json_args(signature: EventSignature, args: dict[str, Any]) -> dict[str, Any]:
-    """SPEC §6 form: integers as decimal strings, addresses/bytes lowercase hex, tuples as
-    objects keyed by member name (``arg<i>`` when unnamed), arrays as arrays."""
-    result = {}
-    for position, param in enumerate(signature.inputs):
-        name = _arg_name(param, position)
-        value = args[name]
-        if param.indexed and isinstance(value, bytes) and len(value) == 32 and (
-                _is_hashed_when_indexed(param)):
-            result[name] = "0x" + value.hex()
-        else:
-            result[name] = _json_value(param.type, param.components, value)
-    return result

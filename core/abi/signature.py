@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from eth_abi.exceptions import ParseError
 from eth_abi.grammar import BasicType, TupleType, parse
@@ -37,20 +37,37 @@ class Param:
     def is_dynamic(self) -> bool:
         return bool(parse(self.type).is_dynamic)
 
+    @property
+    def hashed_in_topic(self) -> bool:
+        """An indexed parameter of dynamic type (``string``, ``bytes``), array or tuple is stored
+        as the keccak hash of its encoding: its topic is 32 opaque bytes, not the value."""
+        parsed = parse(self.type)
+        return self.indexed and bool(parsed.is_dynamic or parsed.is_array or self.components)
+
+
+def arg_name(param: Param, position: int) -> str:
+    """The name a parameter goes by in decoded args: its own, or ``arg<position>``."""
+    return param.name or f"arg{position}"
+
 
 @dataclass(frozen=True)
 class EventSignature:
     name: str
     inputs: tuple[Param, ...]
 
-    @property
+    @cached_property
     def canonical(self) -> str:
         """``Transfer(address,address,uint256)``: what topic0 hashes."""
         return f"{self.name}({','.join(p.type for p in self.inputs)})"
 
-    @property
+    @cached_property
     def topic0(self) -> str:
         return "0x" + keccak(text=self.canonical).hex()
+
+    @cached_property
+    def params_by_name(self) -> dict[str, Param]:
+        """Parameters by the name decoded args use (``arg<i>`` for unnamed ones)."""
+        return {arg_name(param, position): param for position, param in enumerate(self.inputs)}
 
     @property
     def indexed(self) -> tuple[Param, ...]:
