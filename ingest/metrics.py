@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 RPC_ERROR_KINDS = ("timeout", "rate_limited", "unavailable", "range_too_large", "bad_response",
-                   "hash_mismatch")
+                   "hash_mismatch", "incomplete", "behind")
 
 
 class IngestMetrics:
@@ -33,6 +33,10 @@ class IngestMetrics:
                                   "Current eth_getLogs range size in blocks", registry=registry)
         self.reorgs = Counter("blockhook_ingest_reorgs", "Reorgs detected and handled",
                               registry=registry)
+        self.unconfirmed_mismatches = Counter(
+            "blockhook_ingest_unconfirmed_mismatches",
+            "Stored block hashes a node contradicted without serving a linked alternative chain "
+            "(or not again on the confirming read): not treated as reorgs", registry=registry)
         self.reorg_depth_blocks = Histogram(
             "blockhook_ingest_reorg_depth_blocks", "Depth of handled reorgs in blocks",
             buckets=(1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256), registry=registry)

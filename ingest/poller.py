@@ -29,15 +29,16 @@ import structlog
 
 from core.backoff import backoff_delay
 from core.db import connect
-from core.errors import ChainMismatch, ConfigError
+from core.errors import ChainMismatch, ConfigError, ReorgTooDeep
 from core.settings import IngestSettings
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
 from ingest.metrics import IngestMetrics
 from ingest.ranges import RangeSizer
-from ingest.reorg import apply_reorg, detect
+from ingest.reorg import Reorg, Unconfirmed, apply_reorg, detect, same_reorg
 from ingest.rpc import ChainSource
 from ingest.store import (
     Checkpoint,
+    StoredBlock,
     load_checkpoint,
     prepare_connection,
     recent_blocks,
@@ -251,21 +252,31 @@ class Indexer:
 
     async def _check_window(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
         """Re-check the stored window against the node; handle a reorg if there is one.
-        Returns whether a reorg was handled (the checkpoint moved back)."""
+        Returns whether a reorg was handled (the checkpoint moved back).
+
+        A reorg (or a too-deep one) is acted on only when a second read, straight after the
+        first, describes the same alternative chain: a node that served another chain once is
+        not enough to invalidate anything."""
         assert self.checkpoint is not None
         checkpoint = self.checkpoint
         stored = await recent_blocks(conn, self.chain_id,
                                      since=checkpoint.number - self.settings.reorg_window + 1)
         if not stored:
             return False
-        numbers = [block.number for block in stored]
-        headers = await until_stopped(retry_rpc(
-            "eth_getBlockByNumber", lambda: self.source.headers(numbers), chain_id=self.chain_id,
-            metrics=self.metrics), stop)
-        reorg = detect(self.chain_id, checkpoint, stored, dict(zip(numbers, headers, strict=True)),
-                       window=self.settings.reorg_window)
-        if reorg is None:
+        first = await self._read_window(checkpoint, stored, stop)
+        if first is None:
             return False
+        if isinstance(first, Unconfirmed):
+            self._unconfirmed(first)
+            return False
+        second = await self._read_window(checkpoint, stored, stop)
+        if isinstance(first, ReorgTooDeep) and isinstance(second, ReorgTooDeep):
+            raise second
+        if not (isinstance(first, Reorg) and isinstance(second, Reorg) and same_reorg(first, second)):
+            self._unconfirmed(Unconfirmed(checkpoint.number, "a second read did not serve the "
+                                          "same alternative chain"))
+            return False
+        reorg = second
         async with conn.transaction():
             invalidated = await apply_reorg(conn, reorg)
         self.checkpoint = Checkpoint(reorg.ancestor.number, reorg.ancestor.hash)
@@ -276,6 +287,24 @@ class Indexer:
                     common_ancestor=reorg.ancestor.number, old_head_hash=reorg.old_head.hash,
                     new_head_hash=reorg.new_head_hash, events_invalidated=invalidated)
         return True
+
+    async def _read_window(self, checkpoint: Checkpoint, stored: list[StoredBlock],
+                           stop: asyncio.Event) -> Reorg | Unconfirmed | ReorgTooDeep | None:
+        """One read of the node's headers at the stored heights, judged by ``detect``."""
+        numbers = [block.number for block in stored]
+        headers = await until_stopped(retry_rpc(
+            "eth_getBlockByNumber", lambda: self.source.headers(numbers), chain_id=self.chain_id,
+            metrics=self.metrics), stop)
+        try:
+            return detect(self.chain_id, checkpoint, stored, dict(zip(numbers, headers, strict=True)),
+                          window=self.settings.reorg_window)
+        except ReorgTooDeep as too_deep:
+            return too_deep
+
+    def _unconfirmed(self, verdict: Unconfirmed) -> None:
+        self.metrics.unconfirmed_mismatches.inc()
+        log.info("block hash mismatch not confirmed as a reorg; looking again next poll",
+                 chain_id=self.chain_id, height=verdict.height, reason=verdict.reason)
 
 
 def _is_connection_error(error: asyncpg.PostgresError) -> bool:

@@ -1,9 +1,11 @@
 """The JSON-RPC adapter: the only module of ingest that talks to the node.
 
 The poller depends on the small :class:`ChainSource` interface (``chain_id()``, ``head()``,
-``headers(numbers)``, ``logs(first, last)``, ``logs_by_hash(hash)``), so its reorg logic can be
-driven by any source. :class:`JsonRpcClient` implements it with raw batched JSON-RPC over one
-keep-alive aiohttp session and orjson — measured against web3.py's provider in
+``tagged_header(tag)``, ``headers(numbers)``, ``logs(first, last)``, ``logs_by_hash(hash)``,
+``logs_by_hashes(hashes)``), so its reorg logic can be driven by any source.
+:class:`JsonRpcClient` implements it for one endpoint with raw batched JSON-RPC over one
+keep-alive aiohttp session and orjson (``ingest.endpoints.EndpointPool`` implements it over
+several) — measured against web3.py's provider in
 ``scripts/benchmarks/ingest.py`` (docs/ingest.md): web3's request/response middleware and
 AttributeDict formatting cost more than the whole database write, so the hot path is raw.
 
@@ -15,6 +17,9 @@ Every failure is turned into one of ``core.errors``' RPC errors, which say what 
   returned more than 10000 results. Try with this block range [0x…, 0x…]" with ``suggested``,
   "block range too large", "exceed maximum block range", response-size errors, HTTP 413).
 - ``RpcBadResponse``: not JSON, not JSON-RPC, wrong-typed or missing fields, removed logs.
+- :class:`RpcNodeError` (an ``RpcUnavailable``): any other JSON-RPC error object the node sent,
+  with its code and message; :class:`BlockNotSeen` when it says it does not know the block
+  ("unknown block", "block not found": a node that is behind, never a different chain).
 
 Values come back normalised: hex strings lowercase, quantities as ``int``.
 """
@@ -34,20 +39,41 @@ import aiohttp
 import orjson
 
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
+from ingest.bloom import parse_bloom
 
 
 class RpcTimeout(RpcUnavailable):
     """The node did not answer within ``RPC_TIMEOUT``: for ``eth_getLogs`` the range is halved."""
 
 
+class RpcNodeError(RpcUnavailable):
+    """The node answered with a JSON-RPC error object (not a range limit, not a rate limit).
+    Transient for ingest (retried); ``code`` and ``node_message`` are the node's own."""
+
+    def __init__(self, message: str, *, code: object = None, node_message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.node_message = node_message
+
+
+class BlockNotSeen(RpcNodeError):
+    """The node does not know the block asked for ("unknown block"): it has not seen it yet."""
+
+
+_UNKNOWN_BLOCK_MESSAGES = ("unknown block", "block not found", "header not found",
+                           "cannot find block", "could not find block")
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The block header fields ingest needs; hashes lowercase ``0x`` hex."""
+    """The block header fields ingest needs; hashes lowercase ``0x`` hex; ``logs_bloom`` the
+    2048-bit ``logsBloom`` as an int (``ingest.bloom``; 0: the block has no logs)."""
 
     number: int
     hash: str
     parent_hash: str
     timestamp: int
+    logs_bloom: int = 0
 
 
 class Log(NamedTuple):
@@ -74,6 +100,10 @@ class ChainSource(Protocol):
 
     async def head(self) -> int: ...
 
+    async def tagged_header(self, tag: str) -> Header | None:
+        """The header of ``finalized``/``safe``/``latest``; ``None`` when the node has none."""
+        ...
+
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
         """Headers by number in one round trip; ``None`` where the node has no such block."""
         ...
@@ -81,6 +111,12 @@ class ChainSource(Protocol):
     async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]: ...
 
     async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]: ...
+
+    async def logs_by_hashes(self, block_hashes: Sequence[str],
+                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+        """``logs_by_hash`` for many blocks in one round trip; per block either its logs or the
+        error the node gave for it (``BlockNotSeen`` for a hash it does not know)."""
+        ...
 
 
 # Provider limit errors for eth_getLogs, lowercased substrings (Infura, Alchemy, QuickNode,
@@ -111,9 +147,11 @@ def classify_rpc_error(method: str, error: object) -> Exception:
         return RpcRangeTooLarge(summary, suggested=suggested)
     if any(m in text for m in _RATE_MESSAGES):
         return RpcUnavailable(summary)
+    if any(m in text for m in _UNKNOWN_BLOCK_MESSAGES):
+        return BlockNotSeen(summary, code=error.get("code"), node_message=message)
     # Anything else the node says is treated as transient (internal errors, node syncing): it is
     # retried with backoff and logged, and nothing is written meanwhile.
-    return RpcUnavailable(summary)
+    return RpcNodeError(summary, code=error.get("code"), node_message=message)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -151,7 +189,7 @@ def parse_header(raw: object) -> Header | None:
     try:
         assert isinstance(raw, dict)
         return Header(_quantity(raw["number"]), _hash32(raw["hash"]), _hash32(raw["parentHash"]),
-                      _quantity(raw["timestamp"]))
+                      _quantity(raw["timestamp"]), parse_bloom(raw["logsBloom"]))
     except (AssertionError, KeyError, TypeError, ValueError) as error:
         raise RpcBadResponse(f"eth_getBlockByNumber: malformed header: {error}") from None
 
@@ -271,16 +309,22 @@ class JsonRpcClient:
             raise RpcBadResponse(f"{method}: reply has no result")
         return reply["result"]
 
-    async def batch(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
-        """Many calls of one method, batched; results in the order of ``params_list``."""
+    async def batch(self, method: str, params_list: Sequence[Sequence[Any]], *,
+                    item_errors: bool = False) -> list[Any]:
+        """Many calls of one method, batched; results in the order of ``params_list``. A call
+        the node answered with an error raises it, or with ``item_errors`` takes its place in
+        the list as the classified exception (a load balancer may route each call of a batch to
+        another node: one failed call says nothing about the others)."""
         chunks = [params_list[i:i + self.batch_limit]
                   for i in range(0, len(params_list), self.batch_limit)]
         if len(chunks) == 1:
-            return await self._batch_once(method, chunks[0])
-        parts = await asyncio.gather(*(self._batch_once(method, chunk) for chunk in chunks))
+            return await self._batch_once(method, chunks[0], item_errors=item_errors)
+        parts = await asyncio.gather(*(self._batch_once(method, chunk, item_errors=item_errors)
+                                       for chunk in chunks))
         return [result for part in parts for result in part]
 
-    async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]], *,
+                          item_errors: bool = False) -> list[Any]:
         if not params_list:
             return []
         first_id = next(self._ids)
@@ -297,7 +341,10 @@ class JsonRpcClient:
             if type(item) is not dict:
                 raise RpcBadResponse(f"{method}: batch item is not an object")
             if "error" in item:
-                raise classify_rpc_error(method, item["error"])
+                if not item_errors:
+                    raise classify_rpc_error(method, item["error"])
+                by_id[item.get("id")] = classify_rpc_error(method, item["error"])
+                continue
             by_id[item.get("id")] = item.get("result")
         try:
             return [by_id[i] for i in ids]
@@ -318,6 +365,9 @@ class JsonRpcClient:
         except (TypeError, ValueError) as error:
             raise RpcBadResponse(f"eth_blockNumber: {error}") from None
 
+    async def tagged_header(self, tag: str) -> Header | None:
+        return parse_header(await self.call("eth_getBlockByNumber", [tag, False]))
+
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
         results = await self.batch("eth_getBlockByNumber", [(hex(n), False) for n in numbers])
         headers = [parse_header(raw) for raw in results]
@@ -337,3 +387,21 @@ class JsonRpcClient:
         if addresses:
             query["address"] = list(addresses)
         return parse_logs(await self.call("eth_getLogs", [query]))
+
+    async def logs_by_hashes(self, block_hashes: Sequence[str],
+                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+        queries: list[dict[str, object]] = [{"blockHash": h} for h in block_hashes]
+        if addresses:
+            for query in queries:
+                query["address"] = list(addresses)
+        results = await self.batch("eth_getLogs", [[q] for q in queries], item_errors=True)
+        answers: list[list[Log] | Exception] = []
+        for result in results:
+            if isinstance(result, Exception):
+                answers.append(result)
+                continue
+            try:
+                answers.append(parse_logs(result))
+            except RpcBadResponse as error:
+                answers.append(error)
+        return answers
