@@ -29,17 +29,15 @@ import structlog
 from core.backoff import backoff_delay
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
 from ingest.completeness import (
-    HashMismatch,
-    IncompleteLogs,
     NotSeenYet,
     RangeCheck,
     check_range,
     confirm_blocks,
     found_missing_logs,
 )
-from ingest.metrics import IngestMetrics
+from ingest.metrics import IngestMetrics, error_kind
 from ingest.ranges import RangeSizer
-from ingest.rpc import BlockNotSeen, ChainSource, Header, Log, RpcTimeout
+from ingest.rpc import ChainSource, Header, Log, RpcTimeout
 
 log = structlog.get_logger(__name__)
 
@@ -60,25 +58,6 @@ class Batch:
     @property
     def last(self) -> int:
         return self.headers[-1].number
-
-
-def error_kind(error: Exception) -> str:
-    """The ``blockhook_ingest_rpc_errors_total{kind}`` label of an RPC error."""
-    if isinstance(error, IncompleteLogs):
-        return "incomplete"
-    if isinstance(error, NotSeenYet | BlockNotSeen):
-        return "behind"
-    if isinstance(error, HashMismatch):
-        return "hash_mismatch"
-    if isinstance(error, RpcTimeout):
-        return "timeout"
-    if isinstance(error, RpcRangeTooLarge):
-        return "range_too_large"
-    if isinstance(error, RpcBadResponse):
-        return "bad_response"
-    if isinstance(error, RpcUnavailable) and (error.retry_after is not None or "429" in str(error)):
-        return "rate_limited"
-    return "unavailable"
 
 
 class RangeFetcher:

@@ -39,6 +39,7 @@ import aiohttp
 import orjson
 
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
+from core.redact import redact_url, redact_urls_in
 from ingest.bloom import parse_bloom
 
 
@@ -245,6 +246,7 @@ class JsonRpcClient:
 
     def __init__(self, url: str, *, timeout: float = 20.0, batch_limit: int = 200) -> None:
         self.url = url
+        self.label = redact_url(url)
         self.timeout = timeout
         self.batch_limit = batch_limit
         self._ids = itertools.count(1)
@@ -282,7 +284,9 @@ class JsonRpcClient:
         except TimeoutError:
             raise RpcTimeout(f"{method}: no answer within {self.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as error:
-            raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+            # aiohttp may quote the URL, whose path or query can hold the provider's API key.
+            raise RpcUnavailable(f"{method}: {type(error).__name__}: "
+                                 f"{redact_urls_in(str(error))}") from None
         if status == 429:
             raise RpcUnavailable(f"{method}: HTTP 429 rate limited", retry_after=retry_after)
         if status == 413:

@@ -17,6 +17,7 @@ import asyncpg
 
 from core.db import writer_lock_key
 from core.schema import EVENTS_CONFLICT_TARGET
+from ingest.endpoints import EndpointStatus
 from ingest.rpc import Header, Log
 
 STAGING_TABLE = "ingest_events_staging"
@@ -148,3 +149,28 @@ async def store_range(conn: asyncpg.Connection, *, chain_id: int, headers: Seque
                        chain_id, last.number - keep_blocks)
     await save_checkpoint(conn, chain_id, Checkpoint(last.number, last.hash))
     return inserted
+
+
+_SAVE_ENDPOINTS = """
+INSERT INTO rpc_endpoints (chain_id, position, endpoint, state, head, lag_blocks, health_score,
+                           latency_ms, requests, errors, last_error, updated_at)
+SELECT $1, * , now() FROM unnest($2::int[], $3::text[], $4::text[], $5::bigint[], $6::int[],
+                                 $7::float8[], $8::float8[], $9::bigint[], $10::bigint[], $11::text[])
+ON CONFLICT (chain_id, position) DO UPDATE SET
+    endpoint = EXCLUDED.endpoint, state = EXCLUDED.state, head = EXCLUDED.head,
+    lag_blocks = EXCLUDED.lag_blocks, health_score = EXCLUDED.health_score,
+    latency_ms = EXCLUDED.latency_ms, requests = EXCLUDED.requests, errors = EXCLUDED.errors,
+    last_error = EXCLUDED.last_error, updated_at = EXCLUDED.updated_at"""
+
+
+async def save_endpoint_statuses(conn: asyncpg.Connection, chain_id: int,
+                                 statuses: Sequence[EndpointStatus]) -> None:
+    """Replace the chain's ``rpc_endpoints`` rows with ``statuses`` (rows of endpoints no longer
+    configured are deleted). Endpoints are redacted URLs already."""
+    await conn.execute("DELETE FROM rpc_endpoints WHERE chain_id = $1 AND position >= $2",
+                       chain_id, len(statuses))
+    columns = list(zip(*((s.position, s.endpoint, s.state, s.head, s.lag_blocks, s.health_score,
+                          s.latency_ms, s.requests, s.errors, s.last_error) for s in statuses),
+                       strict=True))
+    if columns:
+        await conn.execute(_SAVE_ENDPOINTS, chain_id, *map(list, columns))

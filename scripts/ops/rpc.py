@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel
 
+from core.redact import redact_url, redact_urls_in
+
 
 class NodeHead(BaseModel):
-    url: str
+    url: str  # redacted: no API key in status output
     chain_id: int | None = None
     head: int | None = None
     error: str | None = None
@@ -37,9 +39,10 @@ async def node_head(url: str, *, request_seconds: float = 3.0) -> NodeHead:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=request_seconds)) as session:
             chain_id, head = await asyncio.gather(_call(session, url, "eth_chainId"),
                                                   _call(session, url, "eth_blockNumber"))
-        return NodeHead(url=url, chain_id=int(chain_id, 16), head=int(head, 16))
+        return NodeHead(url=redact_url(url), chain_id=int(chain_id, 16), head=int(head, 16))
     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as error:
-        return NodeHead(url=url, error=f"{type(error).__name__}: {error}".rstrip(": "))
+        return NodeHead(url=redact_url(url),
+                        error=redact_urls_in(f"{type(error).__name__}: {error}".rstrip(": ")))
 
 
 async def wait_for_node(url: str, *, within: float) -> NodeHead:
@@ -50,7 +53,7 @@ async def wait_for_node(url: str, *, within: float) -> NodeHead:
         if answer.error is None:
             return answer
         if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"node {url} did not answer within {within:.0f} s ({answer.error})")
+            raise TimeoutError(f"node {redact_url(url)} did not answer within {within:.0f} s ({answer.error})")
         await asyncio.sleep(0.1)
 
 
