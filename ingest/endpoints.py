@@ -17,7 +17,8 @@ failures. Routing:
   (the caller backs off and retries). An endpoint serving another chain is never used again.
 
 The health score (0..1) is ``(1 − failure rate) / (1 + latency / 0.5 s)``, divided by ``1 +`` the
-blocks it is behind beyond :data:`BEHIND_BLOCKS`; 0 while cooling down or on the wrong chain.
+blocks it is behind beyond :data:`BEHIND_BLOCKS`; 0 while ``down`` (cooling down, or three
+failures in a row without a success) or on the wrong chain.
 
 Nothing about correctness depends on which endpoint answered: ranges are proven complete against
 their headers (``ingest.completeness``) and reorgs are confirmed (``ingest.reorg``) whoever
@@ -50,6 +51,7 @@ LATENCY_SCALE = 0.5  # seconds of latency that halve the score
 SMOOTHING = 0.2  # weight of the newest sample in the moving averages
 HEAD_GRACE = 0.25  # seconds to wait for other endpoints' heads after the first answer
 COOLDOWN_BASE, COOLDOWN_CAP = 1.0, 60.0
+DOWN_AFTER_FAILURES = 3  # consecutive failures that make an endpoint "down" even between tries
 # Faults that say "this endpoint is unwell" (cooldown); "behind" and range limits do not.
 COOLDOWN_KINDS = frozenset({"unavailable", "timeout", "rate_limited", "bad_response"})
 
@@ -81,8 +83,12 @@ class Endpoint:
             return None
         return max(0, best_head - self.head)
 
+    def down(self, now: float) -> bool:
+        """Cooling down after a failure, or failing again and again without a success."""
+        return self.cooling(now) or self.consecutive_failures >= DOWN_AFTER_FAILURES
+
     def score(self, best_head: int | None, now: float) -> float:
-        if self.wrong_chain or self.cooling(now):
+        if self.wrong_chain or self.down(now):
             return 0.0
         lag = self.lag(best_head) or 0
         lag_factor = 1.0 if lag <= BEHIND_BLOCKS else 1.0 / (1 + lag - BEHIND_BLOCKS)
@@ -94,7 +100,7 @@ class Endpoint:
         failures), ``wrong_chain`` or ``unverified`` (never answered yet)."""
         if self.wrong_chain:
             return "wrong_chain"
-        if self.cooling(now):
+        if self.down(now):
             return "down"
         if self.chain_id is None:
             return "unverified"
