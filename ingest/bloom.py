@@ -47,6 +47,11 @@ def _compute(item: str) -> int:
             | (1 << (((digest[4] << 8) | digest[5]) & 2047)))
 
 
+def bits_cache() -> dict[str, int]:
+    """The cache itself, for hot loops that read it inline (``get(item) or item_bits(item)``)."""
+    return _bits_cache
+
+
 def item_bits(item: str) -> int:
     """The three bloom bits of one lowercase ``0x`` address or topic (cached)."""
     bits = _bits_cache.get(item)
@@ -67,27 +72,12 @@ def log_bits(entry: Log) -> int:
     return bits
 
 
-def blooms_by_block(logs: Iterable[Log]) -> dict[int, int]:
-    """The bloom each block's logs make, by block number (blocks without logs are absent).
-
-    The hot loop of the completeness check: one pass, the cache inlined."""
-    blooms: dict[int, int] = {}
-    cache = _bits_cache
-    get = cache.get
+def logs_bloom(logs: Iterable[Log]) -> int:
+    """The bloom ``logs`` make together (a receipt's, or a block's when they are all of it)."""
+    bloom = EMPTY
     for entry in logs:
-        address, t0, t1, t2, t3 = entry.address, entry.topic0, entry.topic1, entry.topic2, entry.topic3
-        bits = get(address) or item_bits(address)
-        if t0 is not None:
-            bits |= get(t0) or item_bits(t0)
-            if t1 is not None:
-                bits |= get(t1) or item_bits(t1)
-                if t2 is not None:
-                    bits |= get(t2) or item_bits(t2)
-                    if t3 is not None:
-                        bits |= get(t3) or item_bits(t3)
-        number = entry.block_number
-        blooms[number] = blooms.get(number, 0) | bits
-    return blooms
+        bloom |= log_bits(entry)
+    return bloom
 
 
 def admits(bloom: int, bits: int) -> bool:

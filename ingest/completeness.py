@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.errors import RpcBadResponse, RpcUnavailable
-from ingest.bloom import admits, admits_any, blooms_by_block, log_bits
+from ingest.bloom import admits, admits_any, bits_cache, item_bits, log_bits
 from ingest.rpc import Header, Log
 
 
@@ -56,55 +56,81 @@ def check_range(first: int, headers: Sequence[Header | None], logs: Sequence[Log
                 addresses: Sequence[str] = ()) -> RangeCheck:
     """The longest provable prefix of ``headers`` (asked for ``first``, ``first + 1``, …) and the
     logs that belong to it. Raises ``RpcBadResponse`` for logs outside the asked range."""
+    blooms, hashes, mixed = _scan(logs)
     last_asked = first + len(headers) - 1
-    by_block: dict[int, list[Log]] = {}
-    for entry in logs:
-        if not first <= entry.block_number <= last_asked:
-            raise RpcBadResponse(f"eth_getLogs returned a log of block {entry.block_number} "
-                                 f"outside the range {first}..{last_asked}")
-        by_block.setdefault(entry.block_number, []).append(entry)
-    blooms = blooms_by_block(logs) if not addresses else {}
+    if blooms and not (first <= min(blooms) and max(blooms) <= last_asked):
+        outside = next(n for n in blooms if not first <= n <= last_asked)
+        raise RpcBadResponse(f"eth_getLogs returned a log of block {outside} outside the range "
+                             f"{first}..{last_asked}")
     proven: list[Header] = []
-    kept: list[Log] = []
     to_confirm: list[Header] = []
     problem: Exception | None = None
     for offset, header in enumerate(headers):
         number = first + offset
-        problem = _block_problem(number, header, proven[-1] if proven else None,
-                                 by_block.get(number, ()), blooms, addresses)
+        problem = _block_problem(number, header, proven[-1] if proven else None, blooms.get(number),
+                                 hashes.get(number), number in mixed, bool(addresses))
         if problem is not None:
             break
         assert header is not None
-        block_logs = by_block.get(number, [])
-        if addresses and not block_logs and admits_any(header.logs_bloom, addresses):
+        if addresses and number not in blooms and admits_any(header.logs_bloom, addresses):
             to_confirm.append(header)
         proven.append(header)
-        kept.extend(block_logs)
+    if len(proven) == len(headers):
+        kept = list(logs)
+    else:
+        last = proven[-1].number if proven else first - 1
+        kept = [entry for entry in logs if entry.block_number <= last]
     return RangeCheck(proven, kept, to_confirm, problem)
 
 
-def _block_problem(number: int, header: Header | None, parent: Header | None,
-                   block_logs: Sequence[Log], blooms: dict[int, int],
-                   addresses: Sequence[str]) -> Exception | None:
+def _scan(logs: Sequence[Log]) -> tuple[dict[int, int], dict[int, str], set[int]]:
+    """One pass over the logs (the hot loop of the proof): the bloom each block's logs make,
+    the ``blockHash`` they carry, and the blocks whose logs carry different hashes."""
+    blooms: dict[int, int] = {}
+    hashes: dict[int, str] = {}
+    mixed: set[int] = set()
+    get = bits_cache().get
+    for number, block_hash, _, _, _, address, t0, t1, t2, t3, _ in logs:
+        bits = get(address) or item_bits(address)
+        if t0 is not None:
+            bits |= get(t0) or item_bits(t0)
+            if t1 is not None:
+                bits |= get(t1) or item_bits(t1)
+                if t2 is not None:
+                    bits |= get(t2) or item_bits(t2)
+                    if t3 is not None:
+                        bits |= get(t3) or item_bits(t3)
+        known = hashes.get(number)
+        if known is None:
+            hashes[number] = block_hash
+            blooms[number] = bits
+        else:
+            blooms[number] |= bits
+            if known != block_hash:
+                mixed.add(number)
+    return blooms, hashes, mixed
+
+
+def _block_problem(number: int, header: Header | None, parent: Header | None, bloom: int | None,
+                   block_hash: str | None, mixed: bool, filtered: bool) -> Exception | None:
     if header is None:
         return NotSeenYet(f"block {number} is not available on the node yet")
     if parent is not None and header.parent_hash != parent.hash:
         return HashMismatch(f"block {number}'s parentHash does not match block {parent.number}: "
                             "the answers come from different chains (the node moved under us)")
-    for entry in block_logs:
-        if entry.block_hash != header.hash:
-            return HashMismatch(f"log {number}/{entry.log_index} has blockHash {entry.block_hash}, "
-                                f"header says {header.hash}")
-    if not addresses:
-        if blooms.get(number, 0) != header.logs_bloom:
-            return IncompleteLogs(f"the {len(block_logs)} logs returned for block {number} do "
-                                  "not make its logsBloom: logs are missing (a node behind "
-                                  "clamped eth_getLogs) or do not belong to it")
+    if mixed or (block_hash is not None and block_hash != header.hash):
+        return HashMismatch(f"logs of block {number} carry blockHash {block_hash}, its header "
+                            f"says {header.hash}")
+    if not filtered:
+        if (bloom or 0) != header.logs_bloom:
+            return IncompleteLogs(f"the logs returned for block {number} do not make its "
+                                  "logsBloom: logs are missing (a node behind clamped "
+                                  "eth_getLogs) or do not belong to it")
         return None
-    for entry in block_logs:
-        if not admits(header.logs_bloom, log_bits(entry)):
-            return IncompleteLogs(f"log {number}/{entry.log_index} is not in block {number}'s "
-                                  "logsBloom: it does not belong to that block")
+    # Filtered: every returned log must be in the bloom (the union of their bits is a subset).
+    if bloom is not None and bloom & ~header.logs_bloom:
+        return IncompleteLogs(f"a log returned for block {number} is not in its logsBloom: it "
+                              "does not belong to that block")
     return None
 
 

@@ -29,6 +29,7 @@ served them. Endpoints are known by their redacted URL (``core.redact``) in logs
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -146,7 +147,9 @@ class EndpointPool:
             Endpoint(position, label if labels.count(label) == 1 else f"{label} #{position + 1}",
                      JsonRpcClient(url, timeout=self.timeout))
             for position, (url, label) in enumerate(zip(self.urls, labels, strict=True))]
-        self._stragglers: set[asyncio.Task[Any]] = set()
+        # eth_blockNumber calls still running after head() returned, by endpoint position: an
+        # endpoint that hangs gets no second one until the first ends (or times out).
+        self._stragglers: dict[int, asyncio.Task[Any]] = {}
 
     @property
     def label(self) -> str:
@@ -160,9 +163,9 @@ class EndpointPool:
         await self.close()
 
     async def close(self) -> None:
-        for task in self._stragglers:
+        for task in self._stragglers.values():
             task.cancel()
-        for task in list(self._stragglers):
+        for task in list(self._stragglers.values()):
             try:
                 await task
             except BaseException:  # noqa: BLE001 - cancelled or failed: recorded already
@@ -194,6 +197,7 @@ class EndpointPool:
         now = time.monotonic()
         usable = [e for e in self.endpoints if not e.wrong_chain]
         asked = [e for e in usable if not e.cooling(now)] or usable
+        asked = [e for e in asked if e.position not in self._stragglers] or asked
         tasks = {asyncio.ensure_future(self._head_of(e)): e for e in asked}
         pending = set(tasks)
         heads: list[int] = []
@@ -214,8 +218,9 @@ class EndpointPool:
                 task.cancel()
             raise
         for task in pending:  # slow endpoints: their answer is recorded when it comes
-            self._stragglers.add(task)
-            task.add_done_callback(self._forget)
+            position = tasks[task].position
+            self._stragglers[position] = task
+            task.add_done_callback(functools.partial(self._forget, position))
         if not heads:
             raise errors[0]
         self.best_head = max(heads)
@@ -371,8 +376,9 @@ class EndpointPool:
         endpoint.head = head
         return head
 
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        self._stragglers.discard(task)
+    def _forget(self, position: int, task: asyncio.Task[Any]) -> None:
+        if self._stragglers.get(position) is task:
+            del self._stragglers[position]
         if not task.cancelled():
             task.exception()  # recorded by _attempt; retrieved here so asyncio stays quiet
 

@@ -58,7 +58,6 @@ from ingest.rpc import ChainSource
 from ingest.store import (
     Checkpoint,
     block_time,
-    event_records,
     insert_events,
     load_checkpoint,
     prepare_connection,
@@ -263,7 +262,8 @@ async def _write_range(conn: asyncpg.Connection, result: ReplayResult, batch: Ba
         result.divergent_blocks.extend(sorted(divergent))
         log.warning("replay found divergent blocks", chain_id=chain_id, blocks=sorted(divergent),
                     events_invalidated=invalidated)
-    result.logs_added += await insert_events(conn, event_records(chain_id, batch.headers, batch.logs))
+    result.logs_added += await insert_events(conn, chain_id=chain_id, headers=batch.headers,
+                                             logs=batch.logs)
 
     checkpoint = await load_checkpoint(conn, chain_id)
     if checkpoint is None:

@@ -204,7 +204,7 @@ def parse_logs(raw: object) -> list[Log]:
         raise RpcBadResponse(f"eth_getLogs: result is {type(raw).__name__}, not a list")
     logs: list[Log] = []
     append = logs.append
-    make = Log._make
+    new = tuple.__new__  # Log._make minus a Python call per log
     try:
         for item in raw:
             if item.get("removed"):
@@ -223,7 +223,7 @@ def parse_logs(raw: object) -> list[Log]:
                 if type(topic) is not str or len(topic) != 66 or topic[:2] != "0x":
                     raise TypeError(f"topic {str(topic)[:80]!r} is not a 32-byte hash")
             count = len(topics)
-            append(make((
+            append(new(Log, (
                 int(item["blockNumber"], 16), block_hash.lower(), tx_hash.lower(),
                 int(item["transactionIndex"], 16), int(item["logIndex"], 16), address.lower(),
                 topics[0].lower() if count > 0 else None,

