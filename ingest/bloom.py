@@ -12,7 +12,9 @@ bounded cache that is emptied when full.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from functools import reduce
+from operator import or_
 from typing import TYPE_CHECKING
 
 try:  # the C implementation (safe-pysha3): ~0.7 µs per hash, against ~4 µs for pycryptodome's
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 BLOOM_BYTES = 256
 EMPTY = 0
-CACHE_LIMIT = 200_000
+CACHE_LIMIT = 20_000  # ~10 MB at most: a 2048-bit int and a 66-char key are ~0.4 KB an entry
 
 _bits_cache: dict[str, int] = {}
 
@@ -40,16 +42,30 @@ def parse_bloom(value: object) -> int:
     return int(value, 16)
 
 
+_BIT = tuple(1 << n for n in range(2048))
+
+
 def _compute(item: str) -> int:
     digest = keccak_256(bytes.fromhex(item[2:])).digest()
-    return ((1 << (((digest[0] << 8) | digest[1]) & 2047))
-            | (1 << (((digest[2] << 8) | digest[3]) & 2047))
-            | (1 << (((digest[4] << 8) | digest[5]) & 2047)))
+    return (_BIT[((digest[0] << 8) | digest[1]) & 2047] | _BIT[((digest[2] << 8) | digest[3]) & 2047]
+            | _BIT[((digest[4] << 8) | digest[5]) & 2047])
 
 
-def bits_cache() -> dict[str, int]:
-    """The cache itself, for hot loops that read it inline (``get(item) or item_bits(item)``)."""
-    return _bits_cache
+def bloom_of(items: Collection[str]) -> int:
+    """The bloom of distinct ``items`` (addresses, topics). Items not cached yet are hashed in
+    one tight loop (the cost of the whole proof: ~1 µs a new item, most of it keccak)."""
+    cache = _bits_cache
+    missing = [item for item in items if item not in cache]
+    if missing:
+        if len(cache) + len(missing) > CACHE_LIMIT:
+            cache.clear()
+            missing = list(items)
+        fromhex, bit = bytes.fromhex, _BIT
+        digests = [keccak_256(fromhex(item[2:])).digest() for item in missing]
+        cache.update(zip(missing, [
+            bit[((d[0] << 8) | d[1]) & 2047] | bit[((d[2] << 8) | d[3]) & 2047]
+            | bit[((d[4] << 8) | d[5]) & 2047] for d in digests], strict=True))
+    return reduce(or_, map(cache.__getitem__, items), EMPTY)
 
 
 def item_bits(item: str) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.errors import RpcBadResponse, RpcUnavailable
-from ingest.bloom import admits, admits_any, bits_cache, item_bits, log_bits
+from ingest.bloom import admits, admits_any, bloom_of, log_bits
 from ingest.rpc import Header, Log
 
 
@@ -85,29 +85,28 @@ def check_range(first: int, headers: Sequence[Header | None], logs: Sequence[Log
 
 def _scan(logs: Sequence[Log]) -> tuple[dict[int, int], dict[int, str], set[int]]:
     """One pass over the logs (the hot loop of the proof): the bloom each block's logs make,
-    the ``blockHash`` they carry, and the blocks whose logs carry different hashes."""
-    blooms: dict[int, int] = {}
+    the ``blockHash`` they carry, and the blocks whose logs carry different hashes. Items are
+    collected per block as sets first (a dense block repeats its contracts and event
+    signatures), so each distinct item is looked up — or hashed — once."""
+    items: dict[int, set[str | None]] = {}
     hashes: dict[int, str] = {}
     mixed: set[int] = set()
-    get = bits_cache().get
     for number, block_hash, _, _, _, address, t0, t1, t2, t3, _ in logs:
-        bits = get(address) or item_bits(address)
-        if t0 is not None:
-            bits |= get(t0) or item_bits(t0)
-            if t1 is not None:
-                bits |= get(t1) or item_bits(t1)
-                if t2 is not None:
-                    bits |= get(t2) or item_bits(t2)
-                    if t3 is not None:
-                        bits |= get(t3) or item_bits(t3)
-        known = hashes.get(number)
-        if known is None:
+        block_items = items.get(number)
+        if block_items is None:
+            block_items = items[number] = set()
             hashes[number] = block_hash
-            blooms[number] = bits
-        else:
-            blooms[number] |= bits
-            if known != block_hash:
-                mixed.add(number)
+        elif hashes[number] != block_hash:
+            mixed.add(number)
+        block_items.add(address)
+        block_items.add(t0)
+        block_items.add(t1)
+        block_items.add(t2)
+        block_items.add(t3)
+    blooms = {}
+    for number, block_items in items.items():
+        block_items.discard(None)
+        blooms[number] = bloom_of(block_items)  # type: ignore[arg-type]
     return blooms, hashes, mixed
 
 

@@ -60,6 +60,30 @@ ON CONFLICT (chain_id) DO UPDATE
           IS DISTINCT FROM (EXCLUDED.block_number, EXCLUDED.block_hash)"""
 
 
+# A whole range after its COPY, in one statement (one round trip): insert the staged logs as
+# events, keep the range's headers, prune the headers that fell out of the window, move the
+# checkpoint. Data-modifying CTEs always run to completion; the pruned and the upserted block
+# numbers are disjoint. $1 chain, $2/$3 block numbers and times of every header (for the
+# events), $4..$7 the headers kept, $8 prune up to, $9/$10 the checkpoint. Returns the number
+# of events inserted.
+_STORE_RANGE = f"""
+WITH new_events AS ({_INSERT_EVENTS}
+     RETURNING 1),
+kept AS (
+    INSERT INTO blocks (chain_id, number, hash, parent_hash, time)
+    SELECT $1, * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::timestamptz[])
+    ON CONFLICT (chain_id, number) DO UPDATE
+        SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash, time = EXCLUDED.time),
+pruned AS (DELETE FROM blocks WHERE chain_id = $1 AND number <= $8),
+moved AS (
+    INSERT INTO checkpoints (chain_id, block_number, block_hash) VALUES ($1, $9, $10)
+    ON CONFLICT (chain_id) DO UPDATE
+        SET block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash
+        WHERE (checkpoints.block_number, checkpoints.block_hash)
+              IS DISTINCT FROM (EXCLUDED.block_number, EXCLUDED.block_hash))
+SELECT count(*) FROM new_events"""
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """The last block fully ingested for a chain."""
@@ -144,12 +168,15 @@ async def store_range(conn: asyncpg.Connection, *, chain_id: int, headers: Seque
     """Store one verified, contiguous range and move the checkpoint to its last header, in the
     caller's transaction. Only the last ``keep_blocks`` headers are kept in ``blocks`` (what the
     reorg detector re-checks); older ones are pruned. Returns events inserted."""
-    inserted = await insert_events(conn, chain_id=chain_id, headers=headers, logs=logs)
+    if logs:
+        await conn.copy_records_to_table(STAGING_TABLE, records=logs, columns=LOG_COLUMNS)
     last = headers[-1]
-    await upsert_blocks(conn, chain_id, headers[-keep_blocks:])
-    await conn.execute("DELETE FROM blocks WHERE chain_id = $1 AND number <= $2",
-                       chain_id, last.number - keep_blocks)
-    await save_checkpoint(conn, chain_id, Checkpoint(last.number, last.hash))
+    kept = headers[-keep_blocks:]
+    times = [block_time(h) for h in headers]
+    inserted: int = await conn.fetchval(
+        _STORE_RANGE, chain_id, [h.number for h in headers], times, [h.number for h in kept],
+        [h.hash for h in kept], [h.parent_hash for h in kept], times[-len(kept):],
+        last.number - keep_blocks, last.number, last.hash)
     return inserted
 
 

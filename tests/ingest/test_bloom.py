@@ -21,7 +21,7 @@ from ingest.completeness import (
     confirm_blocks,
     found_missing_logs,
 )
-from ingest.rpc import BlockNotSeen, Header, Log, parse_header, parse_logs
+from ingest.rpc import BlockNotSeen, Header, Log, lowercase_json, parse_header, parse_logs
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mainnet_block_483920.json"
 TOKEN = "0xf4eced2f682ce333f96f2d8966c613ded8fc95dd"
@@ -44,7 +44,7 @@ def header(mainnet: dict[str, Any]) -> Header:
 
 @pytest.fixture(scope="module")
 def logs(mainnet: dict[str, Any]) -> list[Log]:
-    return parse_logs(mainnet["logs"])
+    return parse_logs(lowercase_json(mainnet["logs"]))
 
 
 def test_the_bloom_of_the_blocks_logs_is_the_headers_logs_bloom(mainnet: dict[str, Any],

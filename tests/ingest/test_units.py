@@ -11,7 +11,14 @@ from core.backoff import backoff_delay
 from core.errors import ReorgTooDeep, RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
 from ingest.ranges import RangeSizer
 from ingest.reorg import Reorg, Unconfirmed, detect
-from ingest.rpc import Header, classify_rpc_error, parse_header, parse_logs, parse_retry_after
+from ingest.rpc import (
+    Header,
+    classify_rpc_error,
+    lowercase_json,
+    parse_header,
+    parse_logs,
+    parse_retry_after,
+)
 from ingest.store import Checkpoint, StoredBlock
 
 H = "0x" + "ab" * 32
@@ -89,13 +96,13 @@ def _raw_log(**overrides: object) -> dict[str, object]:
 
 
 def test_logs_parse_lowercase_with_null_topics_and_refuse_wrong_types() -> None:
-    [log] = parse_logs([_raw_log()])
+    [log] = parse_logs(lowercase_json([_raw_log()]))
     assert log.block_hash == H and log.address == "0x" + "ab" * 20 and log.data == "0xdead"
     assert (log.topic0, log.topic1, log.topic3) == (H, None, None)
     for bad in ({"logIndex": 2}, {"topics": "0x00"}, {"blockHash": "0x12"}, {"removed": True},
                 {"data": None}, {"topics": [H] * 5}):
         with pytest.raises(RpcBadResponse):
-            parse_logs([_raw_log(**bad)])
+            parse_logs(lowercase_json([_raw_log(**bad)]))
     with pytest.raises(RpcBadResponse):
         parse_logs({"not": "a list"})
     with pytest.raises(RpcBadResponse):
