@@ -67,6 +67,8 @@ PRIVILEGES: Final[dict[str, dict[str, str]]] = {
     "deliveries": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", WORKERS: "SELECT, INSERT, UPDATE",
                    READONLY: "SELECT"},
     "deferred_matches": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
+    # The active indexer's view of its RPC endpoints (redacted URLs), for status pages.
+    "rpc_endpoints": {INGEST: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
 }
 
 Execute = Callable[[str], Any]  # ``op.execute`` in a migration, ``conn.execute`` elsewhere

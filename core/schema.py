@@ -7,6 +7,9 @@ User-facing tables are SPEC §4–5. Internal tables:
   ``FOR UPDATE SKIP LOCKED``; a batch's id range and ``block_time`` range locate its events
   exactly and let TimescaleDB exclude chunks. Nothing relies on ids committing in order.
 - ``deferred_matches``: matches of triggers with ``confirmations > 0`` waiting for depth.
+- ``rpc_endpoints``: the indexer's view of each ``RPC_URL`` endpoint (state, head, health), kept
+  current by the active indexer of each chain and read by ``scripts/status.py``. Endpoints are
+  stored by position and *redacted* URL only: no API key reaches the database.
 
 ``events`` is a TimescaleDB hypertable on ``block_time`` where TimescaleDB is loaded, a plain
 table otherwise (the migration decides); unique constraints include ``block_time`` on both paths.
@@ -239,4 +242,21 @@ deferred_matches = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index(None, "chain_id", "ready_at_block"),
     Index(None, "event_id"),
+)
+
+rpc_endpoints = Table(
+    "rpc_endpoints",
+    metadata,
+    Column("chain_id", BigInteger, primary_key=True),
+    Column("position", Integer, primary_key=True),  # 0-based place in RPC_URL
+    Column("endpoint", Text, nullable=False),  # redacted URL (core.redact)
+    Column("state", Text, nullable=False),
+    Column("head", BigInteger),
+    Column("lag_blocks", Integer),
+    Column("health_score", Float, nullable=False),
+    Column("latency_ms", Float),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    Column("errors", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.crypto import Keyring, parse_keys
-from core.redact import redact_urls_in
+from core.redact import redact_url, redact_urls_in
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
 
@@ -39,6 +39,25 @@ def _check_http_url(url: str, *, schemes: set[str], what: str) -> str:
     if not parts.hostname:
         raise ValueError(f"{what} has no host")
     return url
+
+
+def split_rpc_urls(value: str) -> list[str]:
+    """The endpoints of a comma-separated ``RPC_URL`` list, in order."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _check_rpc_urls(value: str, *, what: str) -> str:
+    urls = split_rpc_urls(value)
+    if not urls:
+        raise ValueError(f"{what} lists no endpoint")
+    for url in urls:
+        _check_http_url(url, schemes={"http", "https"}, what=f"{what} entry {redact_url(url)}")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"{what} lists an endpoint twice")
+    return ",".join(urls)
+
+
+Finality = Literal["finalized", "safe"]
 
 
 class BaseServiceSettings(BaseSettings):
@@ -76,10 +95,14 @@ class BaseServiceSettings(BaseSettings):
 class IngestSettings(BaseServiceSettings):
     """``python -m ingest`` and ``scripts/replay.py``."""
 
+    # One endpoint, or several separated by commas (failover, health-scored routing);
+    # RPC_URLS is an alias (set one of the two).
     rpc_url: str = "http://127.0.0.1:8545"
+    rpc_urls: str | None = None
     chain_id: int | None = Field(default=None, gt=0)
     start_block: int | None = Field(default=None, ge=0)
-    confirmations: int = Field(default=0, ge=0)
+    # A depth in blocks, or the node's "finalized"/"safe" block on chains with those tags.
+    confirmations: int | Finality = 0
     poll_interval: float = Field(default=1.0, gt=0)
     max_block_range: int = Field(default=2000, ge=1)
     reorg_window: int = Field(default=128, ge=1)
@@ -90,7 +113,46 @@ class IngestSettings(BaseServiceSettings):
     @field_validator("rpc_url")
     @classmethod
     def _rpc_url(cls, value: str) -> str:
-        return _check_http_url(value, schemes={"http", "https"}, what="RPC_URL")
+        return _check_rpc_urls(value, what="RPC_URL")
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _rpc_urls(cls, value: str | None) -> str | None:
+        return None if value is None else _check_rpc_urls(value, what="RPC_URLS")
+
+    @field_validator("confirmations", mode="before")
+    @classmethod
+    def _confirmations(cls, value: object) -> object:
+        wrong = "must be a number of blocks (>= 0), 'finalized' or 'safe'"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("finalized", "safe"):
+                return text
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(wrong) from None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(wrong)
+        return value
+
+    @model_validator(mode="after")
+    def _one_endpoint_list(self) -> IngestSettings:
+        if self.rpc_urls is not None:
+            if "rpc_url" in self.model_fields_set and self.rpc_url != self.rpc_urls:
+                raise ValueError("RPC_URL and RPC_URLS are both set and differ; set one of them")
+            self.rpc_url = self.rpc_urls
+        return self
+
+    @property
+    def rpc_endpoints(self) -> list[str]:
+        """The JSON-RPC endpoints, in the order given."""
+        return split_rpc_urls(self.rpc_url)
+
+    @property
+    def rpc_configured(self) -> bool:
+        """Whether ``RPC_URL``/``RPC_URLS`` was given (rather than the local default)."""
+        return bool({"rpc_url", "rpc_urls"} & self.model_fields_set)
 
     @field_validator("ingest_addresses")
     @classmethod

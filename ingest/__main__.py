@@ -13,9 +13,9 @@ from core.cli import run_service
 from core.logging import configure_logging
 from core.metrics import serve_metrics
 from core.settings import IngestSettings, load_settings
+from ingest.endpoints import EndpointPool
 from ingest.metrics import IngestMetrics
 from ingest.poller import Indexer
-from ingest.rpc import JsonRpcClient
 
 
 async def _main(stop: asyncio.Event) -> None:
@@ -23,7 +23,8 @@ async def _main(stop: asyncio.Event) -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="ingest")
     metrics = IngestMetrics()
     serve_metrics(settings.metrics_port)
-    async with JsonRpcClient(settings.rpc_url, timeout=settings.rpc_timeout) as source:
+    async with EndpointPool(settings.rpc_endpoints, timeout=settings.rpc_timeout,
+                            metrics=metrics) as source:
         await Indexer(settings, source, metrics=metrics).run(stop)
 
 

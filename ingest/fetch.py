@@ -1,11 +1,19 @@
-"""Fetch one verified range of headers and logs, riding out every RPC fault.
+"""Fetch one proven-complete range of headers and logs, riding out every RPC fault.
 
-:meth:`RangeFetcher.fetch` returns a :class:`Batch` whose headers are contiguous (each
-``parentHash`` is the previous header's hash) and whose logs all carry the ``blockHash`` of the
-header fetched for their block. Anything else means the node moved under us or answered
-nonsense: the range is fetched again, never returned. Faults are retried forever with backoff
-and jitter (``Retry-After`` honoured); limit errors and timeouts shrink the range; a single block
-that still fails is fetched by block hash. Only cancellation ends a fetch early.
+:meth:`RangeFetcher.fetch` returns a :class:`Batch` that ``ingest.completeness`` has proven:
+contiguous headers, every log carrying its header's ``blockHash``, and the logs of each block
+complete against its header's ``logsBloom`` (with ``INGEST_ADDRESSES``: blocks whose bloom admits
+a filtered address but returned no log confirmed by ``eth_getLogs`` by ``blockHash``). Headers and
+logs travel as separate concurrent requests and may be answered by different nodes; the proof
+does not care which. When only a prefix of the range can be proven (a node behind answered part
+of it), the prefix is returned and the rest is fetched again next time; when not even the first
+block can, the range is fetched again after a backoff — never stored.
+
+Faults are retried forever with backoff and jitter (``Retry-After`` honoured); limit errors and
+timeouts shrink the range; a single block that still fails is fetched by block hash. Only
+cancellation ends a fetch early. Every refusal is counted in
+``blockhook_ingest_rpc_errors_total{kind}`` (``incomplete`` for a provably incomplete answer,
+``behind`` for a block the node has not seen yet).
 """
 
 from __future__ import annotations
@@ -20,17 +28,20 @@ import structlog
 
 from core.backoff import backoff_delay
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
-from ingest.metrics import IngestMetrics
+from ingest.completeness import (
+    NotSeenYet,
+    RangeCheck,
+    check_range,
+    confirm_blocks,
+    found_missing_logs,
+)
+from ingest.metrics import IngestMetrics, error_kind
 from ingest.ranges import RangeSizer
 from ingest.rpc import ChainSource, Header, Log, RpcTimeout
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-
-class HashMismatch(RpcBadResponse):
-    """A log's ``blockHash`` (or a header's ``parentHash``) contradicts the headers fetched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,40 +60,6 @@ class Batch:
         return self.headers[-1].number
 
 
-def verify(first: int, headers: Sequence[Header | None], logs: Sequence[Log]) -> list[Header]:
-    """Check a fetched range; raise ``HashMismatch``/``RpcUnavailable`` if it cannot be stored."""
-    checked: list[Header] = []
-    for offset, header in enumerate(headers):
-        if header is None:
-            # A load-balanced provider may serve a head its backend does not have yet.
-            raise RpcUnavailable(f"block {first + offset} is not available on the node yet")
-        if checked and header.parent_hash != checked[-1].hash:
-            raise HashMismatch(f"block {header.number}'s parentHash does not match block "
-                               f"{checked[-1].number}: the node moved under us")
-        checked.append(header)
-    hashes = {h.number: h.hash for h in checked}
-    for entry in logs:
-        if hashes.get(entry.block_number) != entry.block_hash:
-            raise HashMismatch(f"log {entry.block_number}/{entry.log_index} has blockHash "
-                               f"{entry.block_hash}, header says {hashes.get(entry.block_number)}")
-    return checked
-
-
-def error_kind(error: Exception) -> str:
-    """The ``blockhook_ingest_rpc_errors_total{kind}`` label of an RPC error."""
-    if isinstance(error, HashMismatch):
-        return "hash_mismatch"
-    if isinstance(error, RpcTimeout):
-        return "timeout"
-    if isinstance(error, RpcRangeTooLarge):
-        return "range_too_large"
-    if isinstance(error, RpcBadResponse):
-        return "bad_response"
-    if isinstance(error, RpcUnavailable) and (error.retry_after is not None or "429" in str(error)):
-        return "rate_limited"
-    return "unavailable"
-
-
 class RangeFetcher:
     """Fetches ranges for one chain through a ``ChainSource`` with an adaptive ``RangeSizer``."""
 
@@ -99,7 +76,8 @@ class RangeFetcher:
             self.metrics.rpc_errors.labels(kind=kind).inc()
 
     async def fetch(self, first: int, target: int) -> Batch:
-        """The range starting at ``first`` (at most up to ``target``), verified."""
+        """The range starting at ``first`` (at most up to ``target``), proven complete; possibly
+        shorter than asked when only a prefix could be proven."""
         attempt = 0
         by_hash = False
         while True:
@@ -107,7 +85,7 @@ class RangeFetcher:
             if self.metrics is not None:
                 self.metrics.range_blocks.set(last - first + 1)
             try:
-                batch = await self._fetch_once(first, last, by_hash=by_hash)
+                check = await self._fetch_once(first, last, by_hash=by_hash)
             except (RpcRangeTooLarge, RpcTimeout) as error:
                 self._count(error_kind(error))
                 if first == last:
@@ -129,34 +107,63 @@ class RangeFetcher:
                 self._count(kind)
                 attempt += 1
                 delay = backoff_delay(attempt, retry_after=getattr(error, "retry_after", None))
-                log.warning("rpc fault, retrying", chain_id=self.chain_id, first=first, last=last,
-                            kind=kind, attempt=attempt, delay=round(delay, 3), reason=str(error))
+                report = log.info if kind == "behind" else log.warning
+                report("rpc fault, retrying", chain_id=self.chain_id, first=first, last=last,
+                       kind=kind, attempt=attempt, delay=round(delay, 3), reason=str(error))
                 await asyncio.sleep(delay)
                 continue
-            self.sizer.succeeded(len(batch.headers), len(batch.logs))
-            return batch
+            if check.problem is not None:
+                self._count(error_kind(check.problem))
+            if not check.headers:
+                attempt += 1
+                delay = backoff_delay(attempt)
+                log.info("range not provable yet, fetching again", chain_id=self.chain_id,
+                         first=first, last=last, kind=error_kind(check.problem or RpcUnavailable("")),
+                         attempt=attempt, delay=round(delay, 3), reason=str(check.problem))
+                await asyncio.sleep(delay)
+                continue
+            if check.problem is not None:
+                log.debug("range proven up to a prefix", chain_id=self.chain_id, first=first,
+                          last=last, proven=check.headers[-1].number, reason=str(check.problem))
+            self.sizer.succeeded(len(check.headers), len(check.logs))
+            return Batch(check.headers, check.logs)
 
-    async def _fetch_once(self, first: int, last: int, *, by_hash: bool) -> Batch:
+    async def _fetch_once(self, first: int, last: int, *, by_hash: bool) -> RangeCheck:
         numbers = range(first, last + 1)
         if by_hash:
-            headers = await self.source.headers(numbers)
+            headers: list[Header | None] = await self.source.headers(numbers)
             if headers[0] is None:
-                raise RpcUnavailable(f"block {first} is not available on the node yet")
+                raise NotSeenYet(f"block {first} is not available on the node yet")
             logs = await self.source.logs_by_hash(headers[0].hash, self.addresses)
         else:
-            # Headers and logs travel concurrently; verify() ties them together afterwards.
-            headers_task = asyncio.ensure_future(self.source.headers(numbers))
-            try:
-                logs = await self.source.logs(first, last, self.addresses)
-                headers = await headers_task
-            finally:
-                if not headers_task.done():
-                    headers_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await headers_task
-                elif not headers_task.cancelled():
-                    headers_task.exception()  # retrieved: no "never retrieved" noise
-        return Batch(verify(first, headers, logs), logs)
+            headers, logs = await self._headers_and_logs(first, last)
+            # Parsing a dense range takes tens of ms; let the overlapped write of the previous
+            # range take its next step before the proof takes as many again.
+            await asyncio.sleep(0)
+        check = check_range(first, headers, logs, self.addresses)
+        if check.to_confirm:
+            answers = await self.source.logs_by_hashes([h.hash for h in check.to_confirm],
+                                                       self.addresses)
+            if found_missing_logs(answers):
+                self._count("incomplete")
+            check = confirm_blocks(check, answers)
+        return check
+
+    async def _headers_and_logs(self, first: int, last: int) -> tuple[list[Header | None], list[Log]]:
+        # Two concurrent requests, possibly answered by different nodes: check_range() proves
+        # what they say together.
+        headers_task = asyncio.ensure_future(self.source.headers(range(first, last + 1)))
+        try:
+            logs = await self.source.logs(first, last, self.addresses)
+            headers = await headers_task
+        finally:
+            if not headers_task.done():
+                headers_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await headers_task
+            elif not headers_task.cancelled():
+                headers_task.exception()  # retrieved: no "never retrieved" noise
+        return headers, logs
 
 
 async def retry_rpc(what: str, call: Callable[[], Awaitable[T]], *, chain_id: int = 0,

@@ -3,14 +3,19 @@
 :class:`Indexer` owns one database connection, the *writing* connection, which holds the chain's
 advisory writer lock for as long as it lives. Its loop:
 
-1. read the head; target = head − ``CONFIRMATIONS``;
+1. read the head; target = head − ``CONFIRMATIONS`` (or the node's ``finalized``/``safe`` block,
+   ``ingest.finality``);
 2. behind the target: fetch ranges from the checkpoint + 1 (the next range is fetched while the
    current one is written), check that each range's first ``parentHash`` is the checkpoint's
    hash, and write blocks + events + checkpoint in one transaction per range;
 3. at the target: re-check the last ``REORG_WINDOW`` stored hashes with one batched request,
    then sleep ``POLL_INTERVAL``.
 
-Any mismatch goes to the reorg detector (``ingest.reorg``). A lost database connection drops
+Ranges are stored only once proven complete (``ingest.fetch``, ``ingest.completeness``); any
+mismatch goes to the reorg detector (``ingest.reorg``), which records a reorg only for a served,
+linked and confirmed alternative chain — a node that is behind is never one. With an
+``ingest.endpoints.EndpointPool`` as source, the state of every endpoint is written to
+``rpc_endpoints`` every few seconds (for ``scripts/status.py``). A lost database connection drops
 whatever was in flight (nothing is committed half-way: one transaction per range), reconnects
 with backoff, takes the lock again (or waits as standby) and resumes from the checkpoint it reads
 back. ``stop`` (SIGTERM/SIGINT) is honoured between transactions: a write in progress commits.
@@ -29,19 +34,23 @@ import structlog
 
 from core.backoff import backoff_delay
 from core.db import connect
-from core.errors import ChainMismatch, ConfigError
+from core.errors import ChainMismatch, ConfigError, ReorgTooDeep
 from core.redact import redact_url
 from core.settings import IngestSettings
+from ingest.endpoints import EndpointPool
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
+from ingest.finality import check_finality_tag, ingest_target
 from ingest.metrics import IngestMetrics
 from ingest.ranges import RangeSizer
-from ingest.reorg import apply_reorg, detect
+from ingest.reorg import Reorg, Unconfirmed, apply_reorg, detect, same_reorg
 from ingest.rpc import ChainSource
 from ingest.store import (
     Checkpoint,
+    StoredBlock,
     load_checkpoint,
     prepare_connection,
     recent_blocks,
+    save_endpoint_statuses,
     store_range,
     try_writer_lock,
     writer_lock_holder,
@@ -56,6 +65,8 @@ ZERO_HASH = "0x" + "0" * 64
 BLOCKS_MARGIN = 32
 # How often a standby retries the writer lock (it takes over within this plus one poll).
 STANDBY_RETRY_SECONDS = 0.5
+# How often the active indexer writes its endpoints' state to rpc_endpoints.
+ENDPOINT_STATE_SECONDS = 5.0
 # What a dropped database connection looks like from asyncpg.
 DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                    asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
@@ -107,6 +118,7 @@ class Indexer:
         self.keep_blocks = settings.reorg_window + BLOCKS_MARGIN
         self.checkpoint: Checkpoint | None = None
         self._fetcher: RangeFetcher | None = None
+        self._endpoints_saved_at = 0.0
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -124,8 +136,13 @@ class Indexer:
             retry_rpc("eth_chainId", self.source.chain_id, metrics=self.metrics), stop)
         if self.settings.chain_id is not None and self.settings.chain_id != node_chain:
             raise ChainMismatch(f"CHAIN_ID={self.settings.chain_id} but the node at "
-                                f"{redact_url(self.settings.rpc_url)} reports chain {node_chain}")
+                                f"{self._source_label()} reports chain {node_chain}")
         self.chain_id = node_chain
+        if isinstance(self.settings.confirmations, str):
+            await until_stopped(retry_rpc(
+                f"eth_getBlockByNumber({self.settings.confirmations})",
+                lambda: check_finality_tag(self.source, str(self.settings.confirmations)),
+                chain_id=self.chain_id, metrics=self.metrics), stop)
         self._fetcher = RangeFetcher(self.source, self.sizer, addresses=self.settings.address_filter,
                                      metrics=self.metrics, chain_id=self.chain_id)
         first_connection = True
@@ -151,6 +168,11 @@ class Indexer:
                 if conn is not None:
                     await _close_quietly(conn)
 
+    def _source_label(self) -> str:
+        if isinstance(self.source, EndpointPool):
+            return self.source.answering()
+        return redact_url(self.settings.rpc_url)
+
     async def _connect(self, *, first: bool) -> asyncpg.Connection:
         try:
             conn = await connect(self.settings.database_url)
@@ -171,16 +193,21 @@ class Indexer:
                 announced = True
             await sleep_or_stop(STANDBY_RETRY_SECONDS, stop)
         log.info("active: holding the writer lock", chain_id=self.chain_id)
+        await self._save_endpoints(conn, force=True)
 
     # ---------------------------------------------------------------------------- the loop
 
     async def _ingest(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         self.checkpoint = await load_checkpoint(conn, self.chain_id)
         while not stop.is_set():
-            head = await until_stopped(
-                retry_rpc("eth_blockNumber", self.source.head, chain_id=self.chain_id,
-                          metrics=self.metrics), stop)
-            target = head - self.settings.confirmations
+            head, target = await until_stopped(retry_rpc(
+                "eth_blockNumber", lambda: ingest_target(self.source, self.settings.confirmations),
+                chain_id=self.chain_id, metrics=self.metrics), stop)
+            await self._save_endpoints(conn)
+            if target < 0:  # CONFIRMATIONS=finalized on a chain with nothing final yet
+                self.metrics.observe_progress(head=head)
+                await sleep_or_stop(self.settings.poll_interval, stop)
+                continue
             if self.checkpoint is None:
                 self.checkpoint = await self._initial_checkpoint(target, stop)
             self.metrics.observe_progress(head=head, target=target, checkpoint=self.checkpoint.number)
@@ -249,24 +276,46 @@ class Indexer:
         log.info("ingested", chain_id=self.chain_id, first=batch.first, last=batch.last,
                  logs=len(batch.logs), inserted=inserted, seconds=round(seconds, 4),
                  lag=target - batch.last, range_blocks=self.sizer.size)
+        await self._save_endpoints(conn)
+
+    async def _save_endpoints(self, conn: asyncpg.Connection, *, force: bool = False) -> None:
+        """Every ``ENDPOINT_STATE_SECONDS``, outside any range transaction: the endpoints'
+        state for ``status.py`` (only with an ``EndpointPool``; only by the active indexer)."""
+        if not isinstance(self.source, EndpointPool):
+            return
+        now = time.monotonic()
+        if not force and now - self._endpoints_saved_at < ENDPOINT_STATE_SECONDS:
+            return
+        self._endpoints_saved_at = now
+        await save_endpoint_statuses(conn, self.chain_id, self.source.statuses())
 
     async def _check_window(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
         """Re-check the stored window against the node; handle a reorg if there is one.
-        Returns whether a reorg was handled (the checkpoint moved back)."""
+        Returns whether a reorg was handled (the checkpoint moved back).
+
+        A reorg (or a too-deep one) is acted on only when a second read, straight after the
+        first, describes the same alternative chain: a node that served another chain once is
+        not enough to invalidate anything."""
         assert self.checkpoint is not None
         checkpoint = self.checkpoint
         stored = await recent_blocks(conn, self.chain_id,
                                      since=checkpoint.number - self.settings.reorg_window + 1)
         if not stored:
             return False
-        numbers = [block.number for block in stored]
-        headers = await until_stopped(retry_rpc(
-            "eth_getBlockByNumber", lambda: self.source.headers(numbers), chain_id=self.chain_id,
-            metrics=self.metrics), stop)
-        reorg = detect(self.chain_id, checkpoint, stored, dict(zip(numbers, headers, strict=True)),
-                       window=self.settings.reorg_window)
-        if reorg is None:
+        first = await self._read_window(checkpoint, stored, stop)
+        if first is None:
             return False
+        if isinstance(first, Unconfirmed):
+            self._unconfirmed(first)
+            return False
+        second = await self._read_window(checkpoint, stored, stop)
+        if isinstance(first, ReorgTooDeep) and isinstance(second, ReorgTooDeep):
+            raise second
+        if not (isinstance(first, Reorg) and isinstance(second, Reorg) and same_reorg(first, second)):
+            self._unconfirmed(Unconfirmed(checkpoint.number, "a second read did not serve the "
+                                          "same alternative chain"))
+            return False
+        reorg = second
         async with conn.transaction():
             invalidated = await apply_reorg(conn, reorg)
         self.checkpoint = Checkpoint(reorg.ancestor.number, reorg.ancestor.hash)
@@ -277,6 +326,24 @@ class Indexer:
                     common_ancestor=reorg.ancestor.number, old_head_hash=reorg.old_head.hash,
                     new_head_hash=reorg.new_head_hash, events_invalidated=invalidated)
         return True
+
+    async def _read_window(self, checkpoint: Checkpoint, stored: list[StoredBlock],
+                           stop: asyncio.Event) -> Reorg | Unconfirmed | ReorgTooDeep | None:
+        """One read of the node's headers at the stored heights, judged by ``detect``."""
+        numbers = [block.number for block in stored]
+        headers = await until_stopped(retry_rpc(
+            "eth_getBlockByNumber", lambda: self.source.headers(numbers), chain_id=self.chain_id,
+            metrics=self.metrics), stop)
+        try:
+            return detect(self.chain_id, checkpoint, stored, dict(zip(numbers, headers, strict=True)),
+                          window=self.settings.reorg_window)
+        except ReorgTooDeep as too_deep:
+            return too_deep
+
+    def _unconfirmed(self, verdict: Unconfirmed) -> None:
+        self.metrics.unconfirmed_mismatches.inc()
+        log.info("block hash mismatch not confirmed as a reorg; looking again next poll",
+                 chain_id=self.chain_id, height=verdict.height, reason=verdict.reason)
 
 
 def _is_connection_error(error: asyncpg.PostgresError) -> bool:

@@ -50,6 +50,7 @@ from core.errors import ChainMismatch
 from core.redact import redact_url
 from core.settings import IngestSettings
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
+from ingest.finality import ingest_target
 from ingest.metrics import IngestMetrics
 from ingest.poller import BLOCKS_MARGIN
 from ingest.ranges import RangeSizer
@@ -57,7 +58,6 @@ from ingest.rpc import ChainSource
 from ingest.store import (
     Checkpoint,
     block_time,
-    event_records,
     insert_events,
     load_checkpoint,
     prepare_connection,
@@ -106,7 +106,8 @@ async def replay(settings: IngestSettings, source: ChainSource, *, from_block: i
                  to_block: int | None = None, dry_run: bool = False,
                  progress: ProgressCallback | None = None, on_wait: WaitCallback | None = None,
                  stop: asyncio.Event | None = None) -> ReplayResult:
-    """Re-ingest ``[from_block, to_block]`` (default: up to head − ``CONFIRMATIONS``).
+    """Re-ingest ``[from_block, to_block]`` (default: up to head − ``CONFIRMATIONS``, or the
+    node's ``finalized``/``safe`` block).
 
     Raises ``ChainMismatch`` when ``CHAIN_ID`` disagrees with the node, ``ConfigError`` when the
     database is unreachable, ``ValueError`` for an empty range. RPC faults are retried."""
@@ -114,10 +115,11 @@ async def replay(settings: IngestSettings, source: ChainSource, *, from_block: i
     chain_id = await retry_rpc("eth_chainId", source.chain_id)
     if settings.chain_id is not None and settings.chain_id != chain_id:
         raise ChainMismatch(f"CHAIN_ID={settings.chain_id} but the node at "
-                            f"{redact_url(settings.rpc_url)} "
-                            f"reports chain {chain_id}")
+                            f"{redact_url(settings.rpc_url)} reports chain {chain_id}")
     if to_block is None:
-        to_block = await retry_rpc("eth_blockNumber", source.head) - settings.confirmations
+        _, target = await retry_rpc(
+            "eth_blockNumber", lambda: ingest_target(source, settings.confirmations))
+        to_block = target
     if from_block < 0 or to_block < from_block:
         raise ValueError(f"empty block range {from_block}..{to_block}")
     result = ReplayResult(chain_id, from_block, to_block, dry_run)
@@ -260,7 +262,8 @@ async def _write_range(conn: asyncpg.Connection, result: ReplayResult, batch: Ba
         result.divergent_blocks.extend(sorted(divergent))
         log.warning("replay found divergent blocks", chain_id=chain_id, blocks=sorted(divergent),
                     events_invalidated=invalidated)
-    result.logs_added += await insert_events(conn, event_records(chain_id, batch.headers, batch.logs))
+    result.logs_added += await insert_events(conn, chain_id=chain_id, headers=batch.headers,
+                                             logs=batch.logs)
 
     checkpoint = await load_checkpoint(conn, chain_id)
     if checkpoint is None:

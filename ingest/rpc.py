@@ -1,9 +1,11 @@
 """The JSON-RPC adapter: the only module of ingest that talks to the node.
 
 The poller depends on the small :class:`ChainSource` interface (``chain_id()``, ``head()``,
-``headers(numbers)``, ``logs(first, last)``, ``logs_by_hash(hash)``), so its reorg logic can be
-driven by any source. :class:`JsonRpcClient` implements it with raw batched JSON-RPC over one
-keep-alive aiohttp session and orjson — measured against web3.py's provider in
+``tagged_header(tag)``, ``headers(numbers)``, ``logs(first, last)``, ``logs_by_hash(hash)``,
+``logs_by_hashes(hashes)``), so its reorg logic can be driven by any source.
+:class:`JsonRpcClient` implements it for one endpoint with raw batched JSON-RPC over one
+keep-alive aiohttp session and orjson (``ingest.endpoints.EndpointPool`` implements it over
+several) — measured against web3.py's provider in
 ``scripts/benchmarks/ingest.py`` (docs/ingest.md): web3's request/response middleware and
 AttributeDict formatting cost more than the whole database write, so the hot path is raw.
 
@@ -15,6 +17,9 @@ Every failure is turned into one of ``core.errors``' RPC errors, which say what 
   returned more than 10000 results. Try with this block range [0x…, 0x…]" with ``suggested``,
   "block range too large", "exceed maximum block range", response-size errors, HTTP 413).
 - ``RpcBadResponse``: not JSON, not JSON-RPC, wrong-typed or missing fields, removed logs.
+- :class:`RpcNodeError` (an ``RpcUnavailable``): any other JSON-RPC error object the node sent,
+  with its code and message; :class:`BlockNotSeen` when it says it does not know the block
+  ("unknown block", "block not found": a node that is behind, never a different chain).
 
 Values come back normalised: hex strings lowercase, quantities as ``int``.
 """
@@ -34,20 +39,42 @@ import aiohttp
 import orjson
 
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
+from core.redact import redact_url, redact_urls_in
+from ingest.bloom import parse_bloom
 
 
 class RpcTimeout(RpcUnavailable):
     """The node did not answer within ``RPC_TIMEOUT``: for ``eth_getLogs`` the range is halved."""
 
 
+class RpcNodeError(RpcUnavailable):
+    """The node answered with a JSON-RPC error object (not a range limit, not a rate limit).
+    Transient for ingest (retried); ``code`` and ``node_message`` are the node's own."""
+
+    def __init__(self, message: str, *, code: object = None, node_message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.node_message = node_message
+
+
+class BlockNotSeen(RpcNodeError):
+    """The node does not know the block asked for ("unknown block"): it has not seen it yet."""
+
+
+_UNKNOWN_BLOCK_MESSAGES = ("unknown block", "block not found", "header not found",
+                           "cannot find block", "could not find block")
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The block header fields ingest needs; hashes lowercase ``0x`` hex."""
+    """The block header fields ingest needs; hashes lowercase ``0x`` hex; ``logs_bloom`` the
+    2048-bit ``logsBloom`` as an int (``ingest.bloom``; 0: the block has no logs)."""
 
     number: int
     hash: str
     parent_hash: str
     timestamp: int
+    logs_bloom: int = 0
 
 
 class Log(NamedTuple):
@@ -74,6 +101,10 @@ class ChainSource(Protocol):
 
     async def head(self) -> int: ...
 
+    async def tagged_header(self, tag: str) -> Header | None:
+        """The header of ``finalized``/``safe``/``latest``; ``None`` when the node has none."""
+        ...
+
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
         """Headers by number in one round trip; ``None`` where the node has no such block."""
         ...
@@ -81,6 +112,12 @@ class ChainSource(Protocol):
     async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]: ...
 
     async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]: ...
+
+    async def logs_by_hashes(self, block_hashes: Sequence[str],
+                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+        """``logs_by_hash`` for many blocks in one round trip; per block either its logs or the
+        error the node gave for it (``BlockNotSeen`` for a hash it does not know)."""
+        ...
 
 
 # Provider limit errors for eth_getLogs, lowercased substrings (Infura, Alchemy, QuickNode,
@@ -111,9 +148,11 @@ def classify_rpc_error(method: str, error: object) -> Exception:
         return RpcRangeTooLarge(summary, suggested=suggested)
     if any(m in text for m in _RATE_MESSAGES):
         return RpcUnavailable(summary)
+    if any(m in text for m in _UNKNOWN_BLOCK_MESSAGES):
+        return BlockNotSeen(summary, code=error.get("code"), node_message=message)
     # Anything else the node says is treated as transient (internal errors, node syncing): it is
     # retried with backoff and logged, and nothing is written meanwhile.
-    return RpcUnavailable(summary)
+    return RpcNodeError(summary, code=error.get("code"), node_message=message)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -151,51 +190,60 @@ def parse_header(raw: object) -> Header | None:
     try:
         assert isinstance(raw, dict)
         return Header(_quantity(raw["number"]), _hash32(raw["hash"]), _hash32(raw["parentHash"]),
-                      _quantity(raw["timestamp"]))
+                      _quantity(raw["timestamp"]), parse_bloom(raw["logsBloom"]))
     except (AssertionError, KeyError, TypeError, ValueError) as error:
         raise RpcBadResponse(f"eth_getBlockByNumber: malformed header: {error}") from None
 
 
 def parse_logs(raw: object) -> list[Log]:
-    """Logs from ``eth_getLogs``; raises ``RpcBadResponse`` on any malformed or removed entry.
+    """Logs from an ``eth_getLogs`` reply **lowercased as a whole** (:func:`lowercase_json`: keys
+    ``blockhash``, ``transactionhash``…, hex values lowercase already); raises
+    ``RpcBadResponse`` on any malformed or removed entry.
 
-    The hot loop of ingest (one pass per log): checks are inlined; ``int(value, 16)`` refuses
-    non-strings by itself, and the ``0x`` prefixes are checked on the concatenation."""
+    The hot loop of ingest (one pass per log): checks are inlined and folded — the ``0x``
+    prefixes are checked on one concatenation, which also refuses any non-string (a list, an
+    int or an object cannot be sliced and added to the others to make ``"0x0x0x0x"``), and
+    ``int(value, 16)`` refuses non-strings by itself. Lowercasing the body once (a C loop over
+    bytes) instead of seven ``str.lower()`` per log is ~1 µs a log."""
     if type(raw) is not list:
         raise RpcBadResponse(f"eth_getLogs: result is {type(raw).__name__}, not a list")
     logs: list[Log] = []
     append = logs.append
-    make = Log._make
+    new = tuple.__new__  # Log._make minus a Python call per log
     try:
         for item in raw:
             if item.get("removed"):
                 raise ValueError("a removed log")
             topics = item["topics"]
-            block_hash = item["blockHash"]
-            tx_hash = item["transactionHash"]
+            block_hash = item["blockhash"]
+            tx_hash = item["transactionhash"]
             address = item["address"]
             data = item["data"]
-            if (type(topics) is not list or len(topics) > 4 or type(block_hash) is not str
-                    or len(block_hash) != 66 or type(tx_hash) is not str or len(tx_hash) != 66
-                    or type(address) is not str or len(address) != 42 or type(data) is not str
-                    or (block_hash[:2] + tx_hash[:2] + address[:2] + data[:2]) != "0x0x0x0x"):
+            if ((block_hash[:2] + tx_hash[:2] + address[:2] + data[:2]) != "0x0x0x0x"
+                    or len(block_hash) != 66 or len(tx_hash) != 66 or len(address) != 42
+                    or type(topics) is not list or len(topics) > 4):
                 raise TypeError("a hash, address, data or topics field has the wrong type or size")
-            for topic in topics:
-                if type(topic) is not str or len(topic) != 66 or topic[:2] != "0x":
+            for topic in topics:  # (a non-string fails the slice comparison or len())
+                if len(topic) != 66 or topic[:2] != "0x":
                     raise TypeError(f"topic {str(topic)[:80]!r} is not a 32-byte hash")
             count = len(topics)
-            append(make((
-                int(item["blockNumber"], 16), block_hash.lower(), tx_hash.lower(),
-                int(item["transactionIndex"], 16), int(item["logIndex"], 16), address.lower(),
-                topics[0].lower() if count > 0 else None,
-                topics[1].lower() if count > 1 else None,
-                topics[2].lower() if count > 2 else None,
-                topics[3].lower() if count > 3 else None,
-                data.lower(),
+            append(new(Log, (
+                int(item["blocknumber"], 16), block_hash, tx_hash,
+                int(item["transactionindex"], 16), int(item["logindex"], 16), address,
+                topics[0] if count > 0 else None,
+                topics[1] if count > 1 else None,
+                topics[2] if count > 2 else None,
+                topics[3] if count > 3 else None,
+                data,
             )))
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise RpcBadResponse(f"eth_getLogs: malformed log: {error}") from None
     return logs
+
+
+def lowercase_json(value: object) -> Any:
+    """``value`` as :func:`parse_logs` reads a reply: every key and string lowercased."""
+    return orjson.loads(orjson.dumps(value).lower())
 
 
 class JsonRpcClient:
@@ -207,6 +255,7 @@ class JsonRpcClient:
 
     def __init__(self, url: str, *, timeout: float = 20.0, batch_limit: int = 200) -> None:
         self.url = url
+        self.label = redact_url(url)
         self.timeout = timeout
         self.batch_limit = batch_limit
         self._ids = itertools.count(1)
@@ -234,7 +283,7 @@ class JsonRpcClient:
             await self._session.close()
             self._session = None
 
-    async def _post(self, method: str, payload: bytes) -> Any:
+    async def _post(self, method: str, payload: bytes, *, lowercase: bool = False) -> Any:
         session = self._open()
         try:
             async with session.post(self.url, data=payload) as response:
@@ -244,7 +293,9 @@ class JsonRpcClient:
         except TimeoutError:
             raise RpcTimeout(f"{method}: no answer within {self.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as error:
-            raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+            # aiohttp may quote the URL, whose path or query can hold the provider's API key.
+            raise RpcUnavailable(f"{method}: {type(error).__name__}: "
+                                 f"{redact_urls_in(str(error))}") from None
         if status == 429:
             raise RpcUnavailable(f"{method}: HTTP 429 rate limited", retry_after=retry_after)
         if status == 413:
@@ -252,17 +303,20 @@ class JsonRpcClient:
         if status >= 500:
             raise RpcUnavailable(f"{method}: HTTP {status}", retry_after=retry_after)
         try:
-            return orjson.loads(body)
+            # JSON stays valid lowercased (escapes are lowercase letters, hex is either case).
+            return orjson.loads(body.lower() if lowercase else body)
         except orjson.JSONDecodeError:
             if status >= 400:
                 raise RpcUnavailable(f"{method}: HTTP {status}: {body[:120]!r}") from None
             raise RpcBadResponse(f"{method}: not JSON (HTTP {status}): {body[:120]!r}") from None
 
-    async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
-        """One call; returns ``result`` or raises the classified error."""
+    async def call(self, method: str, params: Sequence[Any] = (), *, lowercase: bool = False) -> Any:
+        """One call; returns ``result`` (every key and string lowercased with ``lowercase``) or
+        raises the classified error."""
         request_id = next(self._ids)
         reply = await self._post(method, orjson.dumps(
-            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}))
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}),
+            lowercase=lowercase)
         if type(reply) is not dict:
             raise RpcBadResponse(f"{method}: reply is not a JSON-RPC object")
         if "error" in reply:
@@ -271,23 +325,30 @@ class JsonRpcClient:
             raise RpcBadResponse(f"{method}: reply has no result")
         return reply["result"]
 
-    async def batch(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
-        """Many calls of one method, batched; results in the order of ``params_list``."""
+    async def batch(self, method: str, params_list: Sequence[Sequence[Any]], *,
+                    item_errors: bool = False, lowercase: bool = False) -> list[Any]:
+        """Many calls of one method, batched; results in the order of ``params_list``. A call
+        the node answered with an error raises it, or with ``item_errors`` takes its place in
+        the list as the classified exception (a load balancer may route each call of a batch to
+        another node: one failed call says nothing about the others)."""
         chunks = [params_list[i:i + self.batch_limit]
                   for i in range(0, len(params_list), self.batch_limit)]
         if len(chunks) == 1:
-            return await self._batch_once(method, chunks[0])
-        parts = await asyncio.gather(*(self._batch_once(method, chunk) for chunk in chunks))
+            return await self._batch_once(method, chunks[0], item_errors=item_errors,
+                                          lowercase=lowercase)
+        parts = await asyncio.gather(*(self._batch_once(method, chunk, item_errors=item_errors,
+                                                        lowercase=lowercase) for chunk in chunks))
         return [result for part in parts for result in part]
 
-    async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]], *,
+                          item_errors: bool = False, lowercase: bool = False) -> list[Any]:
         if not params_list:
             return []
         first_id = next(self._ids)
         ids = [first_id] + [next(self._ids) for _ in range(len(params_list) - 1)]
         payload = orjson.dumps([{"jsonrpc": "2.0", "id": i, "method": method, "params": list(p)}
                                 for i, p in zip(ids, params_list, strict=True)])
-        reply = await self._post(method, payload)
+        reply = await self._post(method, payload, lowercase=lowercase)
         if type(reply) is dict and "error" in reply:  # some providers refuse a whole batch
             raise classify_rpc_error(method, reply["error"])
         if type(reply) is not list:
@@ -297,7 +358,10 @@ class JsonRpcClient:
             if type(item) is not dict:
                 raise RpcBadResponse(f"{method}: batch item is not an object")
             if "error" in item:
-                raise classify_rpc_error(method, item["error"])
+                if not item_errors:
+                    raise classify_rpc_error(method, item["error"])
+                by_id[item.get("id")] = classify_rpc_error(method, item["error"])
+                continue
             by_id[item.get("id")] = item.get("result")
         try:
             return [by_id[i] for i in ids]
@@ -318,6 +382,9 @@ class JsonRpcClient:
         except (TypeError, ValueError) as error:
             raise RpcBadResponse(f"eth_blockNumber: {error}") from None
 
+    async def tagged_header(self, tag: str) -> Header | None:
+        return parse_header(await self.call("eth_getBlockByNumber", [tag, False]))
+
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
         results = await self.batch("eth_getBlockByNumber", [(hex(n), False) for n in numbers])
         headers = [parse_header(raw) for raw in results]
@@ -330,10 +397,29 @@ class JsonRpcClient:
         query: dict[str, object] = {"fromBlock": hex(first), "toBlock": hex(last)}
         if addresses:
             query["address"] = list(addresses)
-        return parse_logs(await self.call("eth_getLogs", [query]))
+        return parse_logs(await self.call("eth_getLogs", [query], lowercase=True))
 
     async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
         query: dict[str, object] = {"blockHash": block_hash}
         if addresses:
             query["address"] = list(addresses)
-        return parse_logs(await self.call("eth_getLogs", [query]))
+        return parse_logs(await self.call("eth_getLogs", [query], lowercase=True))
+
+    async def logs_by_hashes(self, block_hashes: Sequence[str],
+                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+        queries: list[dict[str, object]] = [{"blockHash": h} for h in block_hashes]
+        if addresses:
+            for query in queries:
+                query["address"] = list(addresses)
+        results = await self.batch("eth_getLogs", [[q] for q in queries], item_errors=True,
+                                   lowercase=True)
+        answers: list[list[Log] | Exception] = []
+        for result in results:
+            if isinstance(result, Exception):
+                answers.append(result)
+                continue
+            try:
+                answers.append(parse_logs(result))
+            except RpcBadResponse as error:
+                answers.append(error)
+        return answers

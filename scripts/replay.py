@@ -57,11 +57,13 @@ from rich.text import Text  # noqa: E402
 from core.db import connect, create_pool  # noqa: E402
 from core.errors import ChainMismatch, PermanentError  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
-from core.redact import redact_url, redact_urls_in  # noqa: E402
+from core.redact import redact_urls_in  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
+from ingest.endpoints import EndpointPool  # noqa: E402
 from ingest.fetch import retry_rpc  # noqa: E402
+from ingest.finality import ingest_target  # noqa: E402
 from ingest.replay import ReplayResult, replay  # noqa: E402
-from ingest.rpc import ChainSource, JsonRpcClient  # noqa: E402
+from ingest.rpc import ChainSource  # noqa: E402
 from processor.refire import BLOCK_PAGE, refire  # noqa: E402
 from processor.registry import TriggerRegistry, fetch_trigger_rows  # noqa: E402
 from scripts.ops.dry_run import RecordingSource, new_log_deliveries  # noqa: E402
@@ -127,12 +129,11 @@ class ReplayCommand:
 
     async def run(self, progress: Progress) -> Summary:
         started = time.monotonic()
-        async with JsonRpcClient(self.settings.rpc_url, timeout=self.settings.rpc_timeout) as client:
+        async with EndpointPool(self.settings.rpc_endpoints, timeout=self.settings.rpc_timeout) as client:
             node_chain = await retry_rpc("eth_chainId", client.chain_id)
             if node_chain != self.args.chain_id:
                 raise ChainMismatch(f"--chain-id {self.args.chain_id} but the node at "
-                                    f"{redact_url(self.settings.rpc_url)} reports chain "
-                                    f"{node_chain}")
+                                    f"{client.answering()} reports chain {node_chain}")
             to_block = await self._resolve_range(client)
             summary = Summary(self.args.chain_id, self.args.from_block, to_block,
                               self.args.dry_run, self.args.refire)
@@ -147,7 +148,7 @@ class ReplayCommand:
         summary.seconds = round(time.monotonic() - started, 3)
         return summary
 
-    async def _resolve_range(self, client: JsonRpcClient) -> int:
+    async def _resolve_range(self, client: ChainSource) -> int:
         if not self.args.dry_run and not self.args.restart:
             self.state = load_state(self.state_file)
         if self.state is not None:
@@ -155,8 +156,8 @@ class ReplayCommand:
         if self.args.to_block is not None:
             to_block = int(self.args.to_block)
         else:
-            head = await retry_rpc("eth_blockNumber", client.head)
-            to_block = head - self.settings.confirmations
+            _, to_block = await retry_rpc(
+                "eth_blockNumber", lambda: ingest_target(client, self.settings.confirmations))
         if to_block < self.args.from_block:
             raise PermanentError(f"empty range: --from-block {self.args.from_block} is above "
                                  f"block {to_block}")
@@ -167,7 +168,7 @@ class ReplayCommand:
 
     # ------------------------------------------------------------------ phase 1: re-ingest
 
-    async def _ingest_phase(self, client: JsonRpcClient, progress: Progress,
+    async def _ingest_phase(self, client: ChainSource, progress: Progress,
                             summary: Summary) -> None:
         total = summary.to_block - summary.from_block + 1
         start = summary.from_block
@@ -375,12 +376,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the chain to replay; the node at RPC_URL must report it")
     parser.add_argument("--from-block", type=int, required=True)
     parser.add_argument("--to-block", type=int, default=None,
-                        help="last block (default: head - CONFIRMATIONS)")
+                        help="last block (default: head - CONFIRMATIONS, or the finalized/safe "
+                             "block with CONFIRMATIONS=finalized|safe)")
     parser.add_argument("--refire", action="store_true",
                         help="then fire (action, event) pairs never delivered before")
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would happen, write nothing")
-    parser.add_argument("--rpc-url", default=None, help="the node (default: RPC_URL)")
+    parser.add_argument("--rpc-url", default=None,
+                        help="the node, or several separated by commas (default: RPC_URL)")
     parser.add_argument("--restart", action="store_true",
                         help="ignore what an interrupted earlier run saved")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")

@@ -161,8 +161,10 @@ def demo_environment(base: dict[str, str], *, once: bool, timeout: float,
     plan.seed_trigger(database_url, plan.DemoTrigger(
         receiver_url=f"http://127.0.0.1:{receiver_port}/webhooks/demo", secret=secret))
     expected = len(plan.expected_values())
+    # The demo's devnet replaces any endpoint list of the environment (RPC_URLS too).
+    inherited = {key: value for key, value in base.items() if key != "RPC_URLS"}
     return {
-        **base,
+        **inherited,
         "ANVIL_BIN": anvil_binary,
         "ANVIL_PORT": str(anvil_port),
         "RECEIVER_PORT": str(receiver_port),
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings(IngestSettings)
-    demo = args.once or "rpc_url" not in settings.model_fields_set
+    demo = args.once or not settings.rpc_configured
     base = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  for service, role in SERVICE_ROLES.items()))
         _check_redis(settings.redis_url)
         if demo:
-            if args.once and "rpc_url" in settings.model_fields_set:
+            if args.once and settings.rpc_configured:
                 _say("--once ignores RPC_URL: the smoke test runs on its own devnet")
             env = demo_environment(base, once=args.once, timeout=args.timeout,
                                    database_url=settings.database_url)
@@ -222,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             env = base
             procfile = ROOT / "Procfile"
-            _say(f"pipeline against {redact_url(settings.rpc_url)} with the triggers in the "
-                 f"database")
+            endpoints = ", ".join(redact_url(url) for url in settings.rpc_endpoints)
+            _say(f"pipeline against {endpoints} with the triggers in the database")
     except ConfigError as error:
         print(f"run: {redact_urls_in(str(error))}", file=sys.stderr)
         return 1

@@ -3,13 +3,19 @@ pipeline is doing now.
 
 Per chain: the node's head (when an RPC URL for that chain answers), the checkpoint, the lag,
 events valid/invalidated, the last reorg and the processor's backlog (unprocessed
-``event_batches`` and their events, oldest age). Then the RQ delivery queue (depth, failed jobs),
+``event_batches`` and their events, oldest age). Then each RPC endpoint as the chain's indexer
+sees it (state, head, lag, health score, latency, errors: the ``rpc_endpoints`` rows the active
+indexer rewrites every few seconds, with their age), the RQ delivery queue (depth, failed jobs),
 deliveries by status created in the last hour, and invalid triggers with their errors. Then
 storage: each table's size, estimated rows and oldest row, the retention horizon of each kind of
 data (``RETENTION_*``), what holds the events horizon back, and whether compression is on.
 
 ``--watch`` redraws the same screen in place every SECONDS (default 5) until Ctrl-C (exit 0);
 a database that goes away meanwhile is shown, and the next refresh tries again.
+
+Endpoints appear only in their redacted form (``core.redact``): API keys in ``RPC_URL`` never
+reach the output. The live probe of ``RPC_URL`` (or ``--rpc-url``) gives each node's head now,
+independently of whether an indexer is running.
 
 Read-only: it never writes to the database or Redis. An unreachable node or Redis is reported,
 not fatal; an unreachable database exits 1 with one line.
@@ -45,10 +51,12 @@ from retention.policy import RetentionPolicy  # noqa: E402
 from scripts.ops.rpc import NodeHead, node_head  # noqa: E402
 from scripts.ops.status_queries import (  # noqa: E402
     ChainStatus,
+    EndpointRow,
     InvalidTriggerRow,
     QueueStatus,
     chain_statuses,
     deliveries_last_hour,
+    endpoint_rows,
     invalid_triggers,
     open_deliveries,
     queue_status,
@@ -68,6 +76,7 @@ class StatusReport(BaseModel):
     nodes: list[NodeHead]
     tables: list[TableStat]  # largest first
     retention: Horizon
+    endpoints: list[EndpointRow]
 
 
 async def collect(database_url: str, redis_url: str, rpc_urls: list[str],
@@ -90,6 +99,7 @@ async def collect(database_url: str, redis_url: str, rpc_urls: list[str],
             nodes=list(heads),
             tables=await table_stats(conn, storage=storage),
             retention=await horizon(conn, policy or RetentionPolicy()),
+            endpoints=await endpoint_rows(conn),
         )
     finally:
         await conn.close()
@@ -141,6 +151,7 @@ def render(report: StatusReport, console: Console) -> None:
     for node in report.nodes:
         if node.error:
             console.print(f"[yellow]node {node.url}: {node.error}[/]")
+    render_endpoints(report.endpoints, console)
 
     queue = report.queue
     if queue.error:
@@ -241,23 +252,51 @@ def watch(collect_report: Callable[[], StatusReport], interval: float) -> None:
                                f"{interval:g} s", style="red")
 
 
+# An indexer rewrites its rows every few seconds: older ones describe a stopped indexer.
+STALE_ENDPOINT_SECONDS = 60
+
+
+def render_endpoints(endpoints: list[EndpointRow], console: Console) -> None:
+    if not endpoints:
+        console.print("RPC endpoints: no indexer has reported yet")
+        return
+    table = Table(title="RPC endpoints, as each chain's indexer sees them", title_justify="left")
+    for column in ("chain", "endpoint", "state", "head", "lag", "score", "latency", "calls",
+                   "errors", "last error", "seen"):
+        table.add_column(column, justify="right" if column in (
+            "head", "lag", "score", "latency", "calls", "errors") else "left")
+    colour = {"ok": "green", "degraded": "yellow", "behind": "yellow", "down": "red",
+              "wrong_chain": "red", "unverified": "yellow"}
+    for row in endpoints:
+        stale = row.age_seconds > STALE_ENDPOINT_SECONDS
+        table.add_row(
+            str(row.chain_id), row.endpoint, f"[{colour.get(row.state, 'white')}]{row.state}[/]",
+            _value(row.head), _value(row.lag_blocks), f"{row.health_score:.2f}",
+            "-" if row.latency_ms is None else f"{row.latency_ms:.0f} ms", _value(row.requests),
+            _value(row.errors), row.last_error or "-",
+            f"[yellow]{_age(row.age_seconds)} ago (indexer stopped?)[/]" if stale
+            else f"{_age(row.age_seconds)} ago")
+    console.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python scripts/status.py",
         description="Per chain: node head, checkpoint, lag, events, last reorg, processor "
-                    "backlog; the delivery queue; deliveries of the last hour; invalid triggers.")
+                    "backlog; each RPC endpoint's state; the delivery queue; deliveries of the "
+                    "last hour; invalid triggers.")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
                         help="redraw in place every SECONDS (default 5) until Ctrl-C")
     parser.add_argument("--rpc-url", action="append", dest="rpc_urls", metavar="URL",
                         help="a node to ask for its chain id and head (repeatable; "
-                             "default: RPC_URL)")
+                             "default: every endpoint of RPC_URL)")
     args = parser.parse_args(argv)
     if args.watch is not None and (args.json or args.watch <= 0):
         parser.error("--watch takes a positive number of seconds and does not go with --json")
     settings = load_settings(IngestSettings)
     policy = RetentionPolicy.from_settings(load_settings(RetentionSettings))
-    rpc_urls = args.rpc_urls if args.rpc_urls is not None else [settings.rpc_url]
+    rpc_urls = args.rpc_urls if args.rpc_urls is not None else settings.rpc_endpoints
 
     def collect_report() -> StatusReport:
         return asyncio.run(collect(settings.database_url, settings.redis_url, rpc_urls, policy))

@@ -2,7 +2,7 @@
 calls behind three SECURITY DEFINER functions.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-29
 
 ``drop_chunks``, ``compress_chunk`` and enabling compression need the owner of ``events``; the
@@ -27,7 +27,7 @@ from alembic import op
 from core import roles
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

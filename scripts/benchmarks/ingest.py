@@ -3,8 +3,10 @@
 A dense devnet chain (1,000 blocks × 4 transactions × 50 logs = 200,000 logs from the
 ``LogEmitter`` fixture, mined with automine off) is backfilled into a throwaway database by:
 
-- **indexer**: ``ingest.poller.Indexer`` in-process, from block 0 until its checkpoint is the
-  head — the full path: adaptive fetcher, header/log verification, blocks, checkpoint, one
+- **indexer**: ``ingest.poller.Indexer`` in-process over the production source
+  (``ingest.endpoints.EndpointPool``), from block 0 until its checkpoint is the head — the full
+  path: adaptive fetcher, the completeness proof (every block's logs against its header's
+  ``logsBloom``, keccak of repeated addresses and topics cached), blocks, checkpoint, one
   transaction per range, fetch of the next range overlapped with the write;
 - **raw**: the floor of what any indexer must do — one batched JSON-RPC request per range
   (``eth_getLogs`` + the headers for ``block_time``) over one keep-alive aiohttp session, orjson,
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from core.logging import configure_logging  # noqa: E402
 from core.settings import IngestSettings  # noqa: E402
+from ingest.endpoints import EndpointPool  # noqa: E402
 from ingest.poller import Indexer  # noqa: E402
 from ingest.rpc import JsonRpcClient  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
@@ -162,7 +165,9 @@ async def run_indexer(url: str, rpc_url: str, head: int) -> float:
                               start_block=0, max_block_range=RANGE_BLOCKS, poll_interval=0.01,
                               metrics_port=0, log_level="WARNING")
     stop = asyncio.Event()
-    async with JsonRpcClient(rpc_url) as source:
+    from ingest import bloom
+    bloom._bits_cache.clear()  # each run starts cold, as a new process would
+    async with EndpointPool([rpc_url]) as source:
         indexer = Indexer(settings, source)
         started = time.perf_counter()
         task = asyncio.ensure_future(indexer.run(stop))
@@ -247,6 +252,25 @@ async def fetch_web3(rpc_url: str, head: int) -> float:
     return elapsed
 
 
+async def completeness_check(rpc_url: str, head: int) -> float:
+    """CPU seconds of ``ingest.completeness.check_range`` over the whole chain (50-block ranges),
+    starting from an empty keccak cache: what proving every range complete costs."""
+    from ingest import bloom
+    from ingest.completeness import check_range
+
+    ranges = [(first, min(head, first + RANGE_BLOCKS - 1)) for first in range(0, head + 1, RANGE_BLOCKS)]
+    async with JsonRpcClient(rpc_url) as client:
+        fetched = [(first, await client.headers(range(first, last + 1)), await client.logs(first, last))
+                   for first, last in ranges]
+    bloom._bits_cache.clear()
+    started = time.perf_counter()
+    for first, headers, logs in fetched:
+        check = check_range(first, headers, logs)
+        if check.problem is not None:
+            raise RuntimeError(f"range {first} not proven complete: {check.problem}")
+    return time.perf_counter() - started
+
+
 async def fetch_raw(rpc_url: str, head: int) -> float:
     async with JsonRpcClient(rpc_url) as client:
         started = time.perf_counter()
@@ -268,6 +292,10 @@ def run(backend: str = "both") -> list[Figure]:
         figures.append(Figure("ingest fetch+parse: web3.py get_logs", total_logs / web3_fetch,
                               "logs/s", baseline=total_logs / raw_fetch,
                               note="baseline: ingest.rpc raw batched JSON-RPC + orjson"))
+        check = min(asyncio.run(completeness_check(node.url, head)) for _ in range(RUNS))
+        figures.append(Figure("ingest completeness check (logsBloom, cold keccak cache)",
+                              total_logs / check, "logs/s", baseline=total_logs / raw_fetch,
+                              note="CPU only; baseline: raw fetch+parse of the same logs"))
         with backends(backend) as selected:
             for db in selected:
                 raw_times, indexer_times = [], []

@@ -36,6 +36,9 @@ class RecordingSource:
     async def head(self) -> int:
         return await self.source.head()
 
+    async def tagged_header(self, tag: str) -> Header | None:
+        return await self.source.tagged_header(tag)
+
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
         headers = await self.source.headers(numbers)
         for header in headers:
@@ -48,6 +51,14 @@ class RecordingSource:
 
     async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
         return self._record(await self.source.logs_by_hash(block_hash, addresses))
+
+    async def logs_by_hashes(self, block_hashes: Sequence[str],
+                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+        answers = await self.source.logs_by_hashes(block_hashes, addresses)
+        for answer in answers:
+            if isinstance(answer, list):
+                self._record(answer)
+        return answers
 
     def _record(self, logs: list[Log]) -> list[Log]:
         for entry in logs:

@@ -49,6 +49,23 @@ class QueueStatus(BaseModel):
     error: str | None = None
 
 
+class EndpointRow(BaseModel):
+    """One RPC endpoint as the chain's active indexer last saw it (table ``rpc_endpoints``)."""
+
+    chain_id: int
+    position: int
+    endpoint: str  # redacted URL
+    state: str
+    head: int | None
+    lag_blocks: int | None
+    health_score: float
+    latency_ms: float | None
+    requests: int
+    errors: int
+    last_error: str | None
+    age_seconds: float  # since the indexer last wrote the row
+
+
 class InvalidTriggerRow(BaseModel):
     id: int
     name: str
@@ -138,6 +155,15 @@ async def open_deliveries(conn: asyncpg.Connection) -> int:
     count: int = await conn.fetchval(
         "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'queued')")
     return count
+
+
+async def endpoint_rows(conn: asyncpg.Connection) -> list[EndpointRow]:
+    rows = await conn.fetch(
+        """SELECT chain_id, position, endpoint, state, head, lag_blocks, health_score, latency_ms,
+                  requests, errors, last_error,
+                  extract(epoch FROM now() - updated_at)::float8 AS age_seconds
+           FROM rpc_endpoints ORDER BY chain_id, position""")
+    return [EndpointRow(**dict(r)) for r in rows]
 
 
 async def invalid_triggers(conn: asyncpg.Connection) -> list[InvalidTriggerRow]:

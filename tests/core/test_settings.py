@@ -54,3 +54,29 @@ def test_dotenv_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.delenv("CONFIRMATIONS", raising=False)
     (tmp_path / ".env").write_text("CONFIRMATIONS=7\n")
     assert IngestSettings().confirmations == 7
+
+
+def test_rpc_url_takes_a_list_and_rpc_urls_is_an_alias() -> None:
+    settings = IngestSettings(_env_file=None, rpc_url=" http://a:1/v2/k , https://b ")  # type: ignore[call-arg]
+    assert settings.rpc_endpoints == ["http://a:1/v2/k", "https://b"] and settings.rpc_configured
+    alias = IngestSettings(_env_file=None, rpc_urls="https://b,https://c")  # type: ignore[call-arg]
+    assert alias.rpc_endpoints == ["https://b", "https://c"] and alias.rpc_configured
+    assert not IngestSettings(_env_file=None).rpc_configured  # type: ignore[call-arg]
+
+
+def test_bad_endpoint_lists_are_one_line_without_the_key() -> None:
+    key = "AbCdEf0123456789AbCdEf0123456789"
+    for env, reason in (({"RPC_URL": f"https://ok,ftp://node/v2/{key}"}, "scheme 'ftp'"),
+                        ({"RPC_URL": "https://a,https://a"}, "twice"),
+                        ({"RPC_URL": "https://a", "RPC_URLS": "https://b"}, "set one of them"),
+                        ({"RPC_URL": " , "}, "no endpoint")):
+        result = _run_settings(env)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert reason in result.stderr and key not in result.stderr
+
+
+def test_confirmations_is_a_depth_or_a_finality_tag() -> None:
+    for value, expected in (("6", 6), ("finalized", "finalized"), (" SAFE ", "safe"), (0, 0)):
+        assert IngestSettings(_env_file=None, confirmations=value).confirmations == expected  # type: ignore[call-arg]
+    result = _run_settings({"CONFIRMATIONS": "latest"})
+    assert result.returncode == 2 and "CONFIRMATIONS: must be a number of blocks" in result.stderr

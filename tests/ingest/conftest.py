@@ -20,8 +20,9 @@ from web3 import Web3
 from web3.contract import Contract
 
 from core.settings import IngestSettings
+from ingest.endpoints import EndpointPool
+from ingest.metrics import IngestMetrics
 from ingest.poller import Indexer
-from ingest.rpc import JsonRpcClient
 from tests.support.anvil import Anvil
 from tests.support.contracts import deploy, web3_for
 
@@ -108,10 +109,13 @@ def ingest_settings(db_url: str, rpc_url: str, **overrides: Any) -> IngestSettin
 
 @asynccontextmanager
 async def running_indexer(settings: IngestSettings) -> AsyncIterator[Indexer]:
-    """An in-process indexer; on exit it is stopped like SIGTERM would and must end cleanly."""
+    """An in-process indexer over the production source (``EndpointPool`` of ``RPC_URL``); on
+    exit it is stopped like SIGTERM would and must end cleanly."""
     stop = asyncio.Event()
-    async with JsonRpcClient(settings.rpc_url, timeout=settings.rpc_timeout) as source:
-        indexer = Indexer(settings, source)
+    metrics = IngestMetrics(registry=None)
+    async with EndpointPool(settings.rpc_endpoints, timeout=settings.rpc_timeout,
+                            metrics=metrics) as source:
+        indexer = Indexer(settings, source, metrics=metrics)
         task = asyncio.ensure_future(indexer.run(stop))
         try:
             yield indexer

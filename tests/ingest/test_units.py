@@ -10,8 +10,15 @@ import pytest
 from core.backoff import backoff_delay
 from core.errors import ReorgTooDeep, RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
 from ingest.ranges import RangeSizer
-from ingest.reorg import detect, find_ancestor
-from ingest.rpc import Header, classify_rpc_error, parse_header, parse_logs, parse_retry_after
+from ingest.reorg import Reorg, Unconfirmed, detect
+from ingest.rpc import (
+    Header,
+    classify_rpc_error,
+    lowercase_json,
+    parse_header,
+    parse_logs,
+    parse_retry_after,
+)
 from ingest.store import Checkpoint, StoredBlock
 
 H = "0x" + "ab" * 32
@@ -89,13 +96,13 @@ def _raw_log(**overrides: object) -> dict[str, object]:
 
 
 def test_logs_parse_lowercase_with_null_topics_and_refuse_wrong_types() -> None:
-    [log] = parse_logs([_raw_log()])
+    [log] = parse_logs(lowercase_json([_raw_log()]))
     assert log.block_hash == H and log.address == "0x" + "ab" * 20 and log.data == "0xdead"
     assert (log.topic0, log.topic1, log.topic3) == (H, None, None)
     for bad in ({"logIndex": 2}, {"topics": "0x00"}, {"blockHash": "0x12"}, {"removed": True},
                 {"data": None}, {"topics": [H] * 5}):
         with pytest.raises(RpcBadResponse):
-            parse_logs([_raw_log(**bad)])
+            parse_logs(lowercase_json([_raw_log(**bad)]))
     with pytest.raises(RpcBadResponse):
         parse_logs({"not": "a list"})
     with pytest.raises(RpcBadResponse):
@@ -103,20 +110,62 @@ def test_logs_parse_lowercase_with_null_topics_and_refuse_wrong_types() -> None:
     assert parse_header(None) is None
 
 
-def _chain(tag: str, numbers: range) -> dict[int, Header | None]:
-    return {n: Header(n, f"0x{tag}{n:063x}"[:66], "", n) for n in numbers}
+def _chain(tag: str, numbers: range, *, fork_below: str = "a") -> dict[int, Header | None]:
+    """Headers ``0x<tag><n>`` linked by parentHash; the lowest links to ``fork_below``'s chain."""
+    chain: dict[int, Header | None] = {}
+    for n in numbers:
+        parent_tag = tag if n - 1 in numbers else fork_below
+        chain[n] = Header(n, f"0x{tag}{n:063x}"[:66], f"0x{parent_tag}{n - 1:063x}"[:66], n)
+    return chain
 
 
-def test_ancestor_search_on_a_scripted_chain() -> None:
+def _stored(numbers: range) -> list[StoredBlock]:
     time = datetime(2026, 1, 1, tzinfo=UTC)
-    stored = [StoredBlock(n, f"0xa{n:063x}", time) for n in range(20, 9, -1)]
+    return [StoredBlock(n, f"0xa{n:063x}", time) for n in sorted(numbers, reverse=True)]
+
+
+def test_a_served_alternative_chain_linked_to_a_stored_ancestor_is_a_reorg() -> None:
+    stored = _stored(range(10, 21))
     canonical = _chain("a", range(10, 16)) | _chain("b", range(16, 21))
-    assert find_ancestor(stored, canonical).number == 15  # type: ignore[union-attr]
     reorg = detect(1, Checkpoint(20, stored[0].hash), stored, canonical, window=11)
-    assert reorg is not None and reorg.depth == 5 and reorg.new_head_hash == canonical[20].hash  # type: ignore[union-attr]
+    assert isinstance(reorg, Reorg)
+    assert reorg.ancestor.number == 15 and reorg.depth == 5 and reorg.new_head_hash == canonical[20].hash  # type: ignore[union-attr]
     assert detect(1, Checkpoint(20, stored[0].hash), stored, _chain("a", range(10, 21)),
                   window=11) is None
+    # The alternative chain may be served only from the fork up (lower blocks not yet seen).
+    partial = dict.fromkeys(range(10, 16)) | _chain("b", range(16, 21))
+    assert isinstance(detect(1, Checkpoint(20, ""), stored, partial, window=11), Reorg)
+
+
+def test_unknown_is_not_different() -> None:
+    """``null`` headers — a node behind, a head lower than ours — are never a reorg."""
+    stored = _stored(range(10, 21))
+    checkpoint = Checkpoint(20, stored[0].hash)
     shorter = _chain("a", range(10, 14)) | dict.fromkeys(range(14, 21))
-    assert detect(1, Checkpoint(20, ""), stored, shorter, window=11).ancestor.number == 13  # type: ignore[union-attr]
+    assert detect(1, checkpoint, stored, shorter, window=11) is None
+    assert detect(1, checkpoint, stored, dict.fromkeys(range(10, 21)), window=11) is None
+    interleaved = {n: (h if n % 2 else None) for n, h in _chain("a", range(10, 21)).items()}
+    assert detect(1, checkpoint, stored, interleaved, window=11) is None
+
+
+def test_a_mismatch_without_a_linked_chain_up_to_our_height_is_unconfirmed() -> None:
+    stored = _stored(range(10, 21))
+    checkpoint = Checkpoint(20, stored[0].hash)
+    # Another chain served only up to 18 (the node is behind on it): not a reorg yet.
+    short_fork = _chain("a", range(10, 16)) | _chain("b", range(16, 19)) | dict.fromkeys(range(19, 21))
+    assert isinstance(detect(1, checkpoint, stored, short_fork, window=11), Unconfirmed)
+    # Answers mixed from two chains: block 18 of chain c does not link to 17 of chain b.
+    mixed = _chain("a", range(10, 16)) | _chain("b", range(16, 18)) | _chain("c", range(18, 21))
+    assert isinstance(detect(1, checkpoint, stored, mixed, window=11), Unconfirmed)
+    # A fork below what the node served: 16 differs but links to a 15 that is not ours.
+    deeper = dict.fromkeys(range(10, 16)) | _chain("b", range(16, 21), fork_below="x")
+    assert isinstance(detect(1, checkpoint, stored, deeper, window=11), Unconfirmed)
+
+
+def test_too_deep_only_when_the_alternative_chain_replaces_the_whole_window() -> None:
+    stored = _stored(range(10, 21))
+    checkpoint = Checkpoint(20, stored[0].hash)
     with pytest.raises(ReorgTooDeep, match="--from-block 10"):
-        detect(1, Checkpoint(20, ""), stored, _chain("c", range(10, 21)), window=11)
+        detect(1, checkpoint, stored, _chain("c", range(10, 21), fork_below="z"), window=11)
+    gappy = _chain("c", range(10, 21), fork_below="z") | {15: None}
+    assert isinstance(detect(1, checkpoint, stored, gappy, window=11), Unconfirmed)

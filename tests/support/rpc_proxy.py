@@ -1,6 +1,6 @@
 """A small real misbehaving JSON-RPC proxy in front of a node (anvil), for ingest and e2e tests.
 
-Runs an aiohttp server on a free port in a background thread, so sync tests, async tests and
+A ``tests.support.http_server.BackgroundHttpServer``, so sync tests, async tests and
 subprocesses (``RPC_URL=proxy.url``) can all use it. Faults are scripted per method and per call
 count; a batch request counts as one call of its first item's method::
 
@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import web
 
-from tests.support.ports import free_port
+from tests.support.http_server import BackgroundHttpServer
 
 
 @dataclass(frozen=True)
@@ -74,28 +74,18 @@ class _Rule:
     times: int
 
 
-@dataclass
-class RpcProxy:
-    upstream: str
-    port: int = field(default_factory=free_port)
-    calls: Counter[str] = field(default_factory=Counter)
-    faults_served: Counter[str] = field(default_factory=Counter)
-    log_ranges: list[tuple[int, int]] = field(default_factory=list)
+class RpcProxy(BackgroundHttpServer):
+    thread_name = "rpc-proxy"
 
-    def __post_init__(self) -> None:
+    def __init__(self, upstream: str, *, port: int | None = None) -> None:
+        self.upstream = upstream
+        self.calls: Counter[str] = Counter()
+        self.faults_served: Counter[str] = Counter()
+        self.log_ranges: list[tuple[int, int]] = []
         self._rules: dict[str, list[_Rule]] = defaultdict(list)
         self._max_log_range: int | None = None
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="rpc-proxy", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("rpc proxy did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(port=port)
 
     # scripting ------------------------------------------------------------------------------
 
@@ -115,21 +105,6 @@ class RpcProxy:
         self._max_log_range = None
 
     # serving --------------------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _start(self) -> None:
-        self._session = ClientSession(timeout=ClientTimeout(total=60))
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        # Any path: hosted providers put API keys there (``/v2/<key>``), and tests do too.
-        app.router.add_post("/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     def _next_fault(self, method: str) -> Fault | None:
         with self._lock:
@@ -156,7 +131,7 @@ class RpcProxy:
             "code": -32005, "message": "query returned more than 10000 results. Try with this "
             f"block range [{hex(first)}, {hex(first + limit - 1)}]."}}
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         payload = orjson.loads(body)
         first = payload[0] if isinstance(payload, list) and payload else payload
@@ -184,22 +159,12 @@ class RpcProxy:
             refusal = self._range_refusal(payload)
             if refusal is not None:
                 return _json(refusal)
-        async with self._session.post(self.upstream, data=body,
+        async with self.session.post(self.upstream, data=body,
                                       headers={"content-type": "application/json"}) as upstream:
             reply = await upstream.read()
         if fault is not None and fault.kind == "wrong_type":
             reply = orjson.dumps(_corrupt(orjson.loads(reply)))
         return web.Response(status=200, body=reply, content_type="application/json")
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-            await self._session.close()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 def _json(value: Any) -> web.Response:
