@@ -60,6 +60,10 @@ class Batch:
         return self.headers[-1].number
 
 
+NOT_PROVABLE_RETRY_CAP = 2.0
+"""Seconds: the longest wait before fetching again a range a node behind could not prove."""
+
+
 class RangeFetcher:
     """Fetches ranges for one chain through a ``ChainSource`` with an adaptive ``RangeSizer``."""
 
@@ -115,8 +119,10 @@ class RangeFetcher:
             if check.problem is not None:
                 self._count(error_kind(check.problem))
             if not check.headers:
+                # A node behind answered: it catches up within a block or two, so the wait stays
+                # short (a fault's backoff would grow to half a minute at a quiet chain's tip).
                 attempt += 1
-                delay = backoff_delay(attempt)
+                delay = backoff_delay(attempt, cap=NOT_PROVABLE_RETRY_CAP)
                 log.info("range not provable yet, fetching again", chain_id=self.chain_id,
                          first=first, last=last, kind=error_kind(check.problem or RpcUnavailable("")),
                          attempt=attempt, delay=round(delay, 3), reason=str(check.problem))

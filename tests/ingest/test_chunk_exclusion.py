@@ -37,7 +37,9 @@ async def test_reorg_and_replay_queries_touch_only_recent_chunks(timescale_datab
             plan = "\n".join(row[0] for row in rows)
             scanned = {word for word in plan.split() if word.startswith("_hyper_")
                        and word.endswith("_chunk")}
-            assert 1 <= len(scanned) <= 2, f"{name} plan scans {len(scanned)} chunks:\n{plan}"
+            # The replay window (now - 1 h ± FORK_TIME_SLACK) spans two days: three day chunks
+            # when it does not start on a chunk boundary, never the forty.
+            assert 1 <= len(scanned) <= 3, f"{name} plan scans {len(scanned)} chunks:\n{plan}"
         # The bound cannot hide what it must find: the recent events are really updated.
         status = await conn.execute(INVALIDATE_ABOVE_ANCESTOR, 31337, 998, recent - timedelta(days=2))
         assert status == "UPDATE 2"
