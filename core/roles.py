@@ -67,6 +67,11 @@ PRIVILEGES: Final[dict[str, dict[str, str]]] = {
     "deliveries": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", WORKERS: "SELECT, INSERT, UPDATE",
                    READONLY: "SELECT"},
     "deferred_matches": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
+    # Factories are registered by the processor; their children are written by the triggers on
+    # events (as the inserting or invalidating role) and by the processor's backfill.
+    "factories": {INGEST: "SELECT", PROCESSOR: "SELECT, INSERT", READONLY: "SELECT"},
+    "factory_children": {INGEST: "SELECT, INSERT, DELETE", PROCESSOR: "SELECT, INSERT, DELETE",
+                         READONLY: "SELECT"},
     # The active indexer's view of its RPC endpoints (redacted URLs), for status pages.
     "rpc_endpoints": {INGEST: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
 }
