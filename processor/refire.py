@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis
 
+from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
 from processor.outbox import enqueue_created, insert_deferred, insert_deliveries
 from processor.registry import TriggerRegistry, load_registry
@@ -79,8 +80,9 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
         high = min(low + BLOCK_PAGE - 1, to_block)
         async with conn.transaction():
             events = await conn.fetch(_RANGE_EVENTS, chain_id, low, high)
+            children = await children_of(conn, registry, chain_id=chain_id, events=events)
             evaluation = evaluate_events(events, registry, chain_id=chain_id,
-                                         checkpoint=checkpoint)
+                                         checkpoint=checkpoint, children=children)
             report.events += evaluation.events
             counts = await _new_pairs(conn, evaluation)
             if not dry_run:
