@@ -16,30 +16,41 @@ from typing import Any
 import asyncpg
 
 from core.factories import Factory
-from processor.registry import NO_CHILDREN, ChildLookup, TriggerRegistry
+from processor.registry import NO_CHILDREN, ChildLookup, FactoryGroup, TriggerRegistry
 
 # The first creation of a child per factory (a factory could announce the same child twice).
 _CHILDREN_OF = """
-SELECT c.child_address, f.chain_id, f.address, f.topic0, f.child_topic, f.child_offset,
-       min(c.block_number) AS created
-FROM factory_children c JOIN factories f ON f.id = c.factory_id
-WHERE c.chain_id = $1 AND c.child_address = ANY($2::text[])
-GROUP BY c.child_address, f.id"""
+SELECT child_address, factory_id, min(block_number) AS created
+FROM factory_children
+WHERE chain_id = $1 AND child_address = ANY($2::text[])
+GROUP BY child_address, factory_id"""
+
+_FACTORIES = """
+SELECT id, chain_id, address, topic0, child_topic, child_offset FROM factories
+WHERE id = ANY($1::bigint[])"""
 
 
 async def children_of(conn: asyncpg.Connection, registry: TriggerRegistry, *, chain_id: int,
                       events: Sequence[Mapping[str, Any]]) -> ChildLookup:
-    """The children (with their factories and creation blocks) among the emitters of the
-    ``events`` a factory trigger of ``registry`` could match."""
+    """The children (with their factories' trigger groups and creation blocks) among the
+    emitters of the ``events`` a factory trigger of ``registry`` could match."""
     topics = registry.factory_topics.get(chain_id)
     if not topics:
         return NO_CHILDREN
     addresses = list({event["address"] for event in events if event["topic0"] in topics})
     if not addresses:
         return NO_CHILDREN
-    found: dict[str, list[tuple[Factory, int]]] = {}
-    for row in await conn.fetch(_CHILDREN_OF, chain_id, addresses):
-        factory = Factory(row["chain_id"], row["address"], row["topic0"], row["child_topic"],
-                          row["child_offset"])
-        found.setdefault(row["child_address"], []).append((factory, row["created"]))
+    rows = await conn.fetch(_CHILDREN_OF, chain_id, addresses)
+    groups = registry.groups_by_factory_id
+    unknown = list({row["factory_id"] for row in rows} - groups.keys())
+    if unknown:
+        for factory in await conn.fetch(_FACTORIES, unknown):
+            groups[factory["id"]] = registry.factory_groups.get(Factory(
+                factory["chain_id"], factory["address"], factory["topic0"],
+                factory["child_topic"], factory["child_offset"]))
+    found: dict[str, list[tuple[FactoryGroup, int]]] = {}
+    for child, factory_id, created in rows:
+        group = groups.get(factory_id)
+        if group is not None:
+            found.setdefault(child, []).append((group, created))
     return {address: tuple(created_by) for address, created_by in found.items()}

@@ -35,9 +35,19 @@ from core.factories import Factory, factory_of, register_factories
 from processor.conditions import Condition, Predicate, always, compile_condition_tree
 from processor.index import UNDECODABLE, DecodeMemo, Entry, MatchIndex
 
-# Child address → (factory, block it was created in) for the emitters of a page of events
-# (``processor.children``); empty when no factory trigger watches the chain.
-ChildLookup = Mapping[str, tuple[tuple[Factory, int], ...]]
+
+@dataclass(frozen=True, slots=True)
+class FactoryGroup:
+    """The triggers watching one factory's children, by ``topic0`` (and their match indexes)."""
+
+    factory: Factory
+    triggers: Mapping[str, tuple[CompiledTrigger, ...]]
+    indexes: Mapping[str, tuple[MatchIndex, ...]]
+
+
+# Child address → (its factory's group, block it was created in) for the emitters of a page of
+# events (``processor.children``); empty when no factory trigger watches the chain.
+ChildLookup = Mapping[str, tuple[tuple[FactoryGroup, int], ...]]
 NO_CHILDREN: ChildLookup = {}
 
 log = structlog.get_logger(__name__)
@@ -219,14 +229,22 @@ class TriggerRegistry:
                 exact[(trigger.chain_id, trigger.address, trigger.topic0)].append(trigger)
         self._exact = {key: tuple(value) for key, value in exact.items()}
         self._wildcard = {key: tuple(value) for key, value in wildcard.items()}
-        self._by_factory = {key: tuple(value) for key, value in by_factory.items()}
         self._exact_indexes = {key: _match_indexes(value, 0) for key, value in exact.items()}
         self._wildcard_indexes = {key: _match_indexes(value, _WILDCARD_ORDINAL)
                                   for key, value in wildcard.items()}
-        self._factory_indexes = {key: _match_indexes(value, _FACTORY_ORDINAL)
-                                 for key, value in by_factory.items()}
+        triggers_of: dict[Factory, dict[str, tuple[CompiledTrigger, ...]]] = defaultdict(dict)
+        indexes_of: dict[Factory, dict[str, tuple[MatchIndex, ...]]] = defaultdict(dict)
+        for (factory, topic0), grouped in by_factory.items():
+            triggers_of[factory][topic0] = tuple(grouped)
+            indexes_of[factory][topic0] = _match_indexes(grouped, _FACTORY_ORDINAL)
+        self.factory_groups = {factory: FactoryGroup(factory, triggers_of[factory],
+                                                     indexes_of[factory])
+                               for factory in triggers_of}
         # The factories triggers name, and per chain the events whose emitters may be children.
-        self.factories = frozenset(factory for factory, _ in by_factory)
+        self.factories = frozenset(self.factory_groups)
+        # factories.id → group (None: a registered factory no trigger names); filled by
+        # processor.children as ids are met (rows of ``factories`` never change).
+        self.groups_by_factory_id: dict[int, FactoryGroup | None] = {}
         factory_topics: dict[int, set[str]] = defaultdict(set)
         for factory, topic0 in by_factory:
             factory_topics[factory.chain_id].add(topic0)
@@ -243,9 +261,9 @@ class TriggerRegistry:
         before ``block_number``."""
         found = _exact_then_wildcard(self._exact, self._wildcard, chain_id, address, topic0)
         if children and topic0 is not None:
-            for factory, created in children.get(address, ()):
+            for group, created in children.get(address, ()):
                 if created <= block_number:
-                    found += self._by_factory.get((factory, topic0), ())
+                    found += group.triggers.get(topic0, ())
         return found
 
     def indexes(self, chain_id: int, address: str, topic0: str | None
@@ -277,12 +295,12 @@ class TriggerRegistry:
         return [entry.trigger for entry in matched], failures
 
     def _with_factories(self, indexes: tuple[MatchIndex, ...],
-                        created_by: tuple[tuple[Factory, int], ...], event: Mapping[str, Any]
-                        ) -> tuple[MatchIndex, ...]:
+                        created_by: tuple[tuple[FactoryGroup, int], ...],
+                        event: Mapping[str, Any]) -> tuple[MatchIndex, ...]:
         topic0 = event["topic0"]
-        for factory, created in created_by:
+        for group, created in created_by:
             if created <= event["block_number"]:
-                more = self._factory_indexes.get((factory, topic0))
+                more = group.indexes.get(topic0)
                 if more:
                     indexes = indexes + more
         return indexes
