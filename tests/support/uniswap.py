@@ -98,11 +98,15 @@ class UniswapV2:
             self.send(token, "transfer", pair.address, amount)
         self.send(pair, "mint", self.deployer)
 
-    def swap(self, token0: Contract, token1: Contract, amount0_in: int, reserves: tuple[int, int]
-             ) -> None:
-        """Swap ``amount0_in`` of token0 for token1 at ``reserves`` (0.3 % fee formula)."""
+    def swap(self, token0: Contract, token1: Contract, amount0_in: int,
+             reserves: tuple[int, int] | None = None) -> None:
+        """Swap ``amount0_in`` of token0 for token1 at ``reserves`` (default: the pair's, as
+        mined; 0.3 % fee formula)."""
         pair = self.pair(self.pair_address(token0, token1))
-        reserve0, reserve1 = reserves
+        if reserves is None:
+            reserve0, reserve1, _ = pair.functions.getReserves().call()
+        else:
+            reserve0, reserve1 = reserves
         out = amount0_in * 997 * reserve1 // (reserve0 * 1000 + amount0_in * 997)
         self.send(token0, "mint", self.deployer, amount0_in)
         self.send(token0, "transfer", pair.address, amount0_in)
