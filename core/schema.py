@@ -11,6 +11,9 @@ User-facing tables are SPEC §4–5. Internal tables:
   current by the active indexer of each chain and read by ``scripts/status.py``. Endpoints are
   stored by position and *redacted* URL only: no API key reaches the database.
 
+- ``factories`` / ``factory_children``: the factories factory triggers name (registered by the
+  processor) and one row per valid creation log, kept by triggers on ``events`` (``core.factories``).
+
 ``events`` is a TimescaleDB hypertable on ``block_time`` where TimescaleDB is loaded, a plain
 table otherwise (the migration decides); unique constraints include ``block_time`` on both paths.
 """
