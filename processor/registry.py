@@ -259,12 +259,14 @@ class TriggerRegistry:
         """Triggers whose (chain, address, topic0) fit the event; ``address`` lowercase. With
         ``children``, also the factory triggers of the factories that created ``address`` at or
         before ``block_number``."""
-        found = _exact_then_wildcard(self._exact, self._wildcard, chain_id, address, topic0)
-        if children and topic0 is not None:
-            for group, created in children.get(address, ()):
-                if created <= block_number:
-                    found += group.triggers.get(topic0, ())
-        return found
+        if not children or topic0 is None or address not in children:
+            return _exact_then_wildcard(self._exact, self._wildcard, chain_id, address, topic0)
+        # In registry order: exact, then factory, then wildcard triggers.
+        found = self._exact.get((chain_id, address, topic0), ())
+        for group, created in children[address]:
+            if created <= block_number:
+                found += group.triggers.get(topic0, ())
+        return found + self._wildcard.get((chain_id, topic0), ())
 
     def indexes(self, chain_id: int, address: str, topic0: str | None
                 ) -> tuple[MatchIndex, ...]:

@@ -247,3 +247,43 @@ async def test_the_database_reads_children_as_python_does(db_url: str) -> None:
 def test_factory_of_refuses_a_bad_address() -> None:
     with pytest.raises(InvalidTrigger, match="factory_address"):
         factory_of(1, "0x1234", PAIR_CREATED, "pair")
+
+
+def test_the_index_and_the_reference_agree_on_factory_triggers() -> None:
+    """``matches`` (index + child groups) is ``reference_matches`` (every candidate, whole
+    predicate) on children before and after their creation, look-alikes and mixed triggers."""
+    from processor.evaluate import evaluate_events
+    from processor.registry import TriggerRegistry, TriggerRow
+
+    def row(n: int, conditions: Any, *, factory: bool = True, address: str | None = None
+            ) -> TriggerRow:
+        return TriggerRow(id=n, name=f"t{n}", chain_id=CHAIN_ID, address=address,
+                          event_signature=SWAP, conditions=conditions, confirmations=0,
+                          error=None, actions=((n, {"url": "https://example.com"}),),
+                          factory_address=FACTORY if factory else None,
+                          factory_event_signature=PAIR_CREATED if factory else None,
+                          factory_parameter="pair" if factory else None)
+
+    registry = TriggerRegistry.build([
+        row(1, LARGE), row(2, None), row(3, {"field": "amount0In", "op": "eq", "value": 7}),
+        row(4, LARGE, factory=False, address=PAIR_A), row(5, LARGE, factory=False)])
+    (group,) = registry.factory_groups.values()
+    children = {PAIR_A: ((group, 10),), PAIR_C: ((group, 30),)}
+    events = []
+    for n, (block, pair, amount) in enumerate([(9, PAIR_A, 500), (10, PAIR_A, 500),
+                                               (11, PAIR_A, 7), (20, PAIR_B, 500),
+                                               (29, PAIR_C, 900), (30, PAIR_C, 900),
+                                               (31, PAIR_C, 3)]):
+        log = swap(block, 0, pair, amount)
+        events.append({"id": n, "block_number": block, "block_time": None, "address": pair,
+                       "topic0": log.topics[0], "topic1": log.topics[1],
+                       "topic2": log.topics[2], "topic3": None, "data": log.data,
+                       "tx_hash": "0x", "log_index": 0})
+    indexed = evaluate_events(events, registry, chain_id=CHAIN_ID, checkpoint=None,
+                              children=children)
+    reference = evaluate_events(events, registry, chain_id=CHAIN_ID, checkpoint=None,
+                                children=children, reference=True)
+    pairs = list(zip(indexed.event_ids, indexed.trigger_ids, strict=True))
+    assert pairs == list(zip(reference.event_ids, reference.trigger_ids, strict=True))
+    assert pairs == [(0, 4), (0, 5), (1, 4), (1, 1), (1, 2), (1, 5), (2, 2), (2, 3), (3, 5),
+                     (4, 5), (5, 1), (5, 2), (5, 5), (6, 2)]
