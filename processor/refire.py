@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis
 
+from core.factories import register_factories
 from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
 from processor.outbox import enqueue_created, insert_deferred, insert_deliveries
@@ -72,6 +73,10 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
     sweep enqueues them within seconds. ``per_trigger`` counts the deliveries and deferred
     matches created (or, with ``dry_run``, that would be created; nothing is written)."""
     registry = registry or await load_registry(conn)
+    if not dry_run:
+        # A factory no processor has registered yet (none running) has no children to match:
+        # register it (and derive its children from the stored creation logs) first.
+        await register_factories(conn, registry.factories)
     report = RefireReport(chain_id=chain_id, from_block=from_block, to_block=to_block,
                           dry_run=dry_run)
     checkpoint = await conn.fetchval(

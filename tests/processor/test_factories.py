@@ -167,6 +167,28 @@ async def test_a_factory_registered_later_finds_the_children_already_stored(
         await conn.close()
 
 
+async def test_refire_registers_a_factory_no_processor_has_seen(db_url: str) -> None:
+    """``scripts/replay.py --refire`` with no processor running: the factory trigger's history
+    fires all the same (a dry run registers nothing and reports what is registered)."""
+    from processor.registry import TriggerRegistry, fetch_trigger_rows
+
+    conn = await connect(db_url)
+    try:
+        await insert_events(conn, [created(3, 0, PAIR_A), swap(4, 0, PAIR_A, 900),
+                                   swap(4, 1, PAIR_B, 900)])
+        trigger, _ = await add_factory_trigger(conn, "large-swaps-any-pair")
+        registry = TriggerRegistry.build(await fetch_trigger_rows(conn))  # as replay.py does
+        dry = await refire(conn, chain_id=CHAIN_ID, from_block=0, to_block=10, dry_run=True,
+                           registry=registry)
+        assert dry.deliveries == 0 and await conn.fetchval("SELECT count(*) FROM factories") == 0
+        report = await refire(conn, chain_id=CHAIN_ID, from_block=0, to_block=10, dry_run=False,
+                              registry=registry)
+        assert report.deliveries == 1
+        assert await matched(conn, trigger) == [(4, 0, PAIR_A)]
+    finally:
+        await conn.close()
+
+
 async def test_bad_factory_columns_are_recorded_in_triggers_error(
         db_url: str, redis_url: str, harness: Harness) -> None:
     conn = await connect(db_url)
