@@ -2,8 +2,8 @@
 
 | role | what it may touch |
 |---|---|
-| ``blockhook_ingest`` | writes ``events``, ``blocks``, ``checkpoints``, ``reorgs`` (and ``event_batches`` through the insert trigger); nothing of ``triggers``, ``actions``, ``deliveries`` |
-| ``blockhook_processor`` | reads events and the trigger configuration (``actions`` without secret columns); writes ``deliveries``, ``deferred_matches``, ``event_batches``, ``triggers.error``, ``reorgs.corrected_at``; runs retention (deletes aged ``events``, ``event_batches``, ``deliveries``, ``reorgs``, ``blocks``; drops and compresses ``events`` chunks through the owner's functions of migration 0005) |
+| ``blockhook_ingest`` | writes ``events``, ``blocks``, ``checkpoints``, ``reorgs`` (and ``event_batches``, ``factory_children`` through the triggers on ``events``); reads ``factories``; nothing of ``triggers``, ``actions``, ``deliveries`` |
+| ``blockhook_processor`` | reads events and the trigger configuration (``actions`` without secret columns); writes ``deliveries``, ``deferred_matches``, ``event_batches``, ``factories`` and the backfill of ``factory_children``, ``triggers.error``, ``reorgs.corrected_at``; runs retention (deletes aged ``events``, ``event_batches``, ``deliveries``, ``reorgs``, ``blocks``; drops and compresses ``events`` chunks through the owner's functions of migration 0005) |
 | ``blockhook_workers`` | the only role that reads webhook secrets; writes ``deliveries`` and seals ``actions``' secret columns |
 | ``blockhook_readonly`` | reads every table except ``actions.config`` and the secret columns |
 
@@ -67,6 +67,11 @@ PRIVILEGES: Final[dict[str, dict[str, str]]] = {
     "deliveries": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", WORKERS: "SELECT, INSERT, UPDATE",
                    READONLY: "SELECT"},
     "deferred_matches": {PROCESSOR: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
+    # Factories are registered by the processor; their children are written by the triggers on
+    # events (as the inserting or invalidating role) and by the processor's backfill.
+    "factories": {INGEST: "SELECT", PROCESSOR: "SELECT, INSERT", READONLY: "SELECT"},
+    "factory_children": {INGEST: "SELECT, INSERT, DELETE", PROCESSOR: "SELECT, INSERT, DELETE",
+                         READONLY: "SELECT"},
     # The active indexer's view of its RPC endpoints (redacted URLs), for status pages.
     "rpc_endpoints": {INGEST: "SELECT, INSERT, UPDATE, DELETE", READONLY: "SELECT"},
 }

@@ -11,6 +11,9 @@ User-facing tables are SPEC §4–5. Internal tables:
   current by the active indexer of each chain and read by ``scripts/status.py``. Endpoints are
   stored by position and *redacted* URL only: no API key reaches the database.
 
+- ``factories`` / ``factory_children``: the factories factory triggers name (registered by the
+  processor) and one row per valid creation log, kept by triggers on ``events`` (``core.factories``).
+
 ``events`` is a TimescaleDB hypertable on ``block_time`` where TimescaleDB is loaded, a plain
 table otherwise (the migration decides); unique constraints include ``block_time`` on both paths.
 """
@@ -29,6 +32,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -148,7 +152,18 @@ triggers = Table(
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # A factory instead of an address (migration 0007): the trigger watches every contract the
+    # factory creates, found by the creation event's parameter holding the child's address.
+    Column("factory_address", Text),
+    Column("factory_event_signature", Text),
+    Column("factory_parameter", Text),
     CheckConstraint(f"address IS NULL OR address ~ '{ADDRESS_PATTERN}'", name="address_format"),
+    CheckConstraint(f"factory_address IS NULL OR factory_address ~ '{ADDRESS_PATTERN}'",
+                    name="factory_address_format"),
+    CheckConstraint("address IS NULL OR factory_address IS NULL", name="address_or_factory"),
+    CheckConstraint("(factory_address IS NULL) = (factory_event_signature IS NULL) "
+                    "AND (factory_address IS NULL) = (factory_parameter IS NULL)",
+                    name="factory_complete"),
     CheckConstraint("length(btrim(event_signature)) > 0", name="signature_not_empty"),
     CheckConstraint("confirmations >= 0", name="confirmations_not_negative"),
     CheckConstraint("length(btrim(name)) > 0", name="name_not_empty"),
@@ -259,4 +274,43 @@ rpc_endpoints = Table(
     Column("errors", BigInteger, nullable=False, server_default=text("0")),
     Column("last_error", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Factories named by triggers, registered by the processor (core.factories). Kept when no trigger
+# names them any more: re-adding a trigger then finds its children already known.
+factories = Table(
+    "factories",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("address", Text, nullable=False),  # lowercase
+    Column("topic0", Text, nullable=False),  # the creation event's
+    # Where a creation log holds the child's address: topic 1-3, or 0 for the data word at
+    # byte child_offset.
+    Column("child_topic", SmallInteger, nullable=False),
+    Column("child_offset", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("chain_id", "address", "topic0", "child_topic", "child_offset"),
+    CheckConstraint("child_topic BETWEEN 0 AND 3", name="child_topic_range"),
+    CheckConstraint("child_offset >= 0 AND (child_topic = 0 OR child_offset = 0)",
+                    name="child_offset_range"),
+)
+
+# One row per valid creation log of a registered factory: written by the database (triggers on
+# ``events``, migration 0007) in the transaction that stores the log, deleted when a reorg
+# invalidates it; the backfill of a newly registered factory writes the older ones.
+factory_children = Table(
+    "factory_children",
+    metadata,
+    Column("factory_id", BigInteger, ForeignKey("factories.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("event_id", BigInteger, primary_key=True),  # the creation log
+    Column("chain_id", BigInteger, nullable=False),
+    Column("child_address", Text, nullable=False),  # lowercase
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("block_time", DateTime(timezone=True), nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Index(None, "chain_id", "child_address"),
+    Index(None, "event_id"),
 )

@@ -11,7 +11,9 @@ advisory writer lock for as long as it lives. Its loop:
 3. at the target: re-check the last ``REORG_WINDOW`` stored hashes with one batched request,
    then sleep ``POLL_INTERVAL``.
 
-Ranges are stored only once proven complete (``ingest.fetch``, ``ingest.completeness``); any
+With ``INGEST_ADDRESSES``, the registered factories and their children are asked for too, and a
+range holding a child's creation is fetched with that child before it is stored
+(``ingest.factories``). Ranges are stored only once proven complete (``ingest.fetch``, ``ingest.completeness``); any
 mismatch goes to the reorg detector (``ingest.reorg``), which records a reorg only for a served,
 linked and confirmed alternative chain — a node that is behind is never one. With an
 ``ingest.endpoints.EndpointPool`` as source, the state of every endpoint is written to
@@ -38,6 +40,7 @@ from core.errors import ChainMismatch, ConfigError, ReorgTooDeep
 from core.redact import redact_url
 from core.settings import IngestSettings
 from ingest.endpoints import EndpointPool
+from ingest.factories import ChildWatch, fetch_with_children
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
 from ingest.finality import check_finality_tag, ingest_target
 from ingest.metrics import IngestMetrics
@@ -118,6 +121,8 @@ class Indexer:
         self.keep_blocks = settings.reorg_window + BLOCKS_MARGIN
         self.checkpoint: Checkpoint | None = None
         self._fetcher: RangeFetcher | None = None
+        # With INGEST_ADDRESSES: the factories and children asked for besides (ingest.factories).
+        self._watch: ChildWatch | None = None
         self._endpoints_saved_at = 0.0
 
     # ---------------------------------------------------------------------------- lifecycle
@@ -145,6 +150,8 @@ class Indexer:
                 chain_id=self.chain_id, metrics=self.metrics), stop)
         self._fetcher = RangeFetcher(self.source, self.sizer, addresses=self.settings.address_filter,
                                      metrics=self.metrics, chain_id=self.chain_id)
+        if self.settings.address_filter:
+            self._watch = ChildWatch(self.chain_id, self.settings.address_filter)
         first_connection = True
         attempt = 0
         while True:
@@ -234,15 +241,16 @@ class Indexer:
     async def _catch_up(self, conn: asyncpg.Connection, target: int, stop: asyncio.Event) -> None:
         """Ingest ranges up to ``target``, fetching the next range while writing the current."""
         assert self._fetcher is not None and self.checkpoint is not None
-        fetcher = self._fetcher
+        if self._watch is not None:
+            await self._watch.refresh(conn)
         pending: asyncio.Future[Batch] | None = asyncio.ensure_future(
-            fetcher.fetch(self.checkpoint.number + 1, target))
+            self._fetch(self.checkpoint.number + 1, target))
         try:
             while pending is not None:
                 batch = await until_stopped(pending, stop)
                 pending = None
                 if batch.last < target:
-                    pending = asyncio.ensure_future(fetcher.fetch(batch.last + 1, target))
+                    pending = asyncio.ensure_future(self._fetch(batch.last + 1, target))
                 if batch.headers[0].parent_hash != self.checkpoint.hash:
                     log.info("range does not chain to the checkpoint; checking for a reorg",
                              chain_id=self.chain_id, checkpoint=self.checkpoint.number,
@@ -262,6 +270,12 @@ class Indexer:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
+
+    async def _fetch(self, first: int, target: int) -> Batch:
+        assert self._fetcher is not None
+        if self._watch is None:
+            return await self._fetcher.fetch(first, target)
+        return await fetch_with_children(self._fetcher, self._watch, first, target)
 
     async def _write(self, conn: asyncpg.Connection, batch: Batch, target: int) -> None:
         started = time.perf_counter()

@@ -16,6 +16,12 @@ DO NOTHING``). Per range, in one transaction:
   block of the range's end. Without a checkpoint none is created (the indexer decides where it
   starts). ``blocks`` rows are written only where the indexer keeps them (its window).
 
+**Factory children.** With ``INGEST_ADDRESSES``, ranges are fetched like the indexer's
+(``ingest.factories``): the registered factories and their children are asked for, and a child
+created in a range is fetched in that range. Children found by the replay (their creation was
+never ingested: a factory registered after the indexer passed it) are then backfilled: their
+logs from the replay's end up to the checkpoint are replayed for them alone.
+
 **Writer lock.** Replay takes the chain's writer lock (``core.db.writer_lock_key``) on its
 writing connection and *waits* while the live indexer holds it, reporting the holder's pid
 through ``on_wait`` every time it re-checks: stop the indexer (``SIGTERM``; it commits its current
@@ -38,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -49,6 +55,7 @@ from core.db import connect
 from core.errors import ChainMismatch
 from core.redact import redact_url
 from core.settings import IngestSettings
+from ingest.factories import ChildWatch, fetch_with_children
 from ingest.fetch import Batch, RangeFetcher, retry_rpc
 from ingest.finality import ingest_target
 from ingest.metrics import IngestMetrics
@@ -131,7 +138,15 @@ async def replay(settings: IngestSettings, source: ChainSource, *, from_block: i
         if stop.is_set():
             result.interrupted = True
             return result
-        await _replay_ranges(conn, settings, source, result, progress, stop)
+        watch = None
+        if settings.address_filter:
+            watch = ChildWatch(chain_id, settings.address_filter)
+            await watch.refresh(conn)
+        known = set(watch.children) if watch is not None else set()
+        await _replay_ranges(conn, settings, source, result, progress, stop, watch)
+        if watch is not None and not dry_run and not result.interrupted:
+            found = sorted(set(watch.children) - known)
+            await _backfill_children(conn, settings, source, result, found, stop)
     finally:
         await conn.close()  # also releases the writer lock
     log.info("replayed", chain_id=chain_id, from_block=from_block, to_block=to_block,
@@ -156,12 +171,38 @@ async def _take_writer_lock(conn: asyncpg.Connection, chain_id: int, on_wait: Wa
             continue
 
 
+async def _backfill_children(conn: asyncpg.Connection, settings: IngestSettings,
+                             source: ChainSource, result: ReplayResult, children: list[str],
+                             stop: asyncio.Event) -> None:
+    """Children a filtered replay found (their creation was not ingested before) have logs
+    between the replay's end and the checkpoint that the indexer did not ask for: replay that
+    span for them alone."""
+    checkpoint = await load_checkpoint(conn, result.chain_id)
+    if not children or checkpoint is None or checkpoint.number <= result.to_block:
+        return
+    backfill = ReplayResult(result.chain_id, result.to_block + 1, checkpoint.number, False)
+    log.info("backfilling children found by the replay", chain_id=result.chain_id,
+             children=len(children), from_block=backfill.from_block, to_block=backfill.to_block)
+    await _replay_ranges(conn, settings, source, backfill, None, stop,
+                         ChildWatch(result.chain_id, children))
+    result.logs_added += backfill.logs_added
+    result.events_invalidated += backfill.events_invalidated
+    result.divergent_blocks += backfill.divergent_blocks
+    result.interrupted = backfill.interrupted
+
+
 async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, source: ChainSource,
                          result: ReplayResult, progress: ProgressCallback | None,
-                         stop: asyncio.Event) -> None:
+                         stop: asyncio.Event, watch: ChildWatch | None = None) -> None:
     fetcher = RangeFetcher(source, RangeSizer(settings.max_block_range),
                            addresses=settings.address_filter, metrics=IngestMetrics(registry=None),
                            chain_id=result.chain_id)
+
+    def fetch(first: int) -> Awaitable[Batch]:
+        if watch is None:
+            return fetcher.fetch(first, result.to_block)
+        return fetch_with_children(fetcher, watch, first, result.to_block)
+
     keep_blocks = settings.reorg_window + BLOCKS_MARGIN
     total = result.to_block - result.from_block + 1
     first = result.from_block
@@ -174,8 +215,7 @@ async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, sou
             if stop.is_set():
                 result.interrupted = True
                 return
-            batch = await (pending if pending is not None
-                           else fetcher.fetch(first, result.to_block))
+            batch = await (pending if pending is not None else fetch(first))
             pending = None
             if previous is not None and batch.headers[0].parent_hash != previous.headers[-1].hash:
                 # The node moved between two ranges: replay the previous one again; its
@@ -185,7 +225,7 @@ async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, sou
                 first, previous = previous.first, None
                 continue
             if batch.last < result.to_block:
-                pending = asyncio.ensure_future(fetcher.fetch(batch.last + 1, result.to_block))
+                pending = asyncio.ensure_future(fetch(batch.last + 1))
             if result.dry_run:
                 await _plan_range(conn, result, batch)
             else:

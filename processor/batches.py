@@ -22,6 +22,7 @@ from datetime import datetime
 import asyncpg
 
 from processor import metrics
+from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
 from processor.outbox import insert_deferred, insert_deliveries
 from processor.registry import TriggerRegistry
@@ -95,8 +96,10 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
                 high = min(low + page_size - 1, batch["last_id"])
                 events = await conn.fetch(LOAD_EVENTS, chain_id, low, high,
                                           batch["min_block_time"], batch["max_block_time"])
+                children = await children_of(conn, registry, chain_id=chain_id, events=events)
                 evaluate_events(events, registry, chain_id=chain_id,
-                                checkpoint=checkpoints.get(chain_id), result=evaluation)
+                                checkpoint=checkpoints.get(chain_id), result=evaluation,
+                                children=children)
                 await _store(conn, evaluation, chain_id=chain_id,
                              committed_at=batch["created_at"], result=result)
                 metrics.EVENTS.inc(evaluation.events)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processor.registry import TriggerRegistry
+from processor.registry import NO_CHILDREN, ChildLookup, TriggerRegistry
 
 
 @dataclass
@@ -44,18 +44,20 @@ class Evaluation:
 
 def evaluate_events(events: Sequence[Mapping[str, Any]], registry: TriggerRegistry, *,
                     chain_id: int, checkpoint: int | None,
-                    result: Evaluation | None = None, reference: bool = False) -> Evaluation:
+                    result: Evaluation | None = None, reference: bool = False,
+                    children: ChildLookup = NO_CHILDREN) -> Evaluation:
     """Evaluate ``events`` (rows with id, block_number, block_time, address, topic0..3, data,
     tx_hash, log_index) of ``chain_id``. ``checkpoint`` is the chain's last ingested block
     (``None`` when unknown: every ``confirmations > 0`` match is deferred). ``reference``
     evaluates every candidate's whole predicate instead of the index (same result, slower:
-    for tests and benchmarks)."""
+    for tests and benchmarks). ``children``: the factory children among the events' emitters
+    (``processor.children.children_of``); without them factory triggers match nothing."""
     result = result or Evaluation()
     matches_of = registry.reference_matches if reference else registry.matches
     per_trigger = result.per_trigger
     for event in events:
         result.events += 1
-        matched, failures = matches_of(chain_id, event)
+        matched, failures = matches_of(chain_id, event, children)
         if failures:
             result.decode_failures += failures
         if not matched:

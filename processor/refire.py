@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis
 
+from core.factories import register_factories
+from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
 from processor.outbox import enqueue_created, insert_deferred, insert_deliveries
 from processor.registry import TriggerRegistry, load_registry
@@ -71,6 +73,10 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
     sweep enqueues them within seconds. ``per_trigger`` counts the deliveries and deferred
     matches created (or, with ``dry_run``, that would be created; nothing is written)."""
     registry = registry or await load_registry(conn)
+    if not dry_run:
+        # A factory no processor has registered yet (none running) has no children to match:
+        # register it (and derive its children from the stored creation logs) first.
+        await register_factories(conn, registry.factories)
     report = RefireReport(chain_id=chain_id, from_block=from_block, to_block=to_block,
                           dry_run=dry_run)
     checkpoint = await conn.fetchval(
@@ -79,8 +85,9 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
         high = min(low + BLOCK_PAGE - 1, to_block)
         async with conn.transaction():
             events = await conn.fetch(_RANGE_EVENTS, chain_id, low, high)
+            children = await children_of(conn, registry, chain_id=chain_id, events=events)
             evaluation = evaluate_events(events, registry, chain_id=chain_id,
-                                         checkpoint=checkpoint)
+                                         checkpoint=checkpoint, children=children)
             report.events += evaluation.events
             counts = await _new_pairs(conn, evaluation)
             if not dry_run:

@@ -25,6 +25,10 @@ events of one token under 500 range triggers and under 10,000 ``to eq`` triggers
 ``Transfer``, each beside the same events with 10 triggers, timed from process start; and the
 share of evaluation time spent decoding, before and after the match index.
 
+Factory triggers (``scripts/benchmarks/factory_triggers.py``, issue 20): 100,000 ``Swap`` events
+of a factory's 10,000 children under one factory trigger, beside one trigger on a single child
+(the baseline) and one on any address, in-process drain.
+
 Backends: ``plain`` (a database on the local server), ``timescale-500-chunks`` (a throwaway
 TimescaleDB cluster whose hypertable holds 500 daily chunks of history before the bench rows).
 Redis: a redis-server of the benchmark's own.
@@ -56,6 +60,7 @@ from core.abi import parse_event_signature  # noqa: E402
 from core.db import create_pool  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from processor.service import POOL_SERVER_SETTINGS, Processor  # noqa: E402
+from scripts.benchmarks.factory_triggers import run_factory  # noqa: E402
 from scripts.benchmarks.hot_triggers import run_hot  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
 from tests.e2e.redis_server import RedisServer  # noqa: E402
@@ -407,6 +412,9 @@ def run(backend: str = "both") -> list[Figure]:
                 figures += run_hot(target.url, redis_server.url, backend=target.name,
                                    transfer=TRANSFER, transfer_topic=TRANSFER_TOPIC,
                                    in_process=_processor_run)
+                # Last: it replaces the database's events and triggers with a factory family.
+                figures += run_factory(target.url, redis_server.url, backend=target.name,
+                                       in_process=_processor_run)
     finally:
         redis_server.stop()
         redis_log.unlink(missing_ok=True)

@@ -22,6 +22,10 @@ WITH t AS (
     -- An indexer (python -m ingest) must run for this chain.
     1,
     -- Contract address, or NULL for any contract emitting this event.
+    -- To watch every contract a factory creates instead (every Uniswap pair, every Safe), leave
+    -- it NULL and add the columns factory_address, factory_event_signature (the factory's
+    -- creation event) and factory_parameter (its address parameter holding the new contract);
+    -- see uniswap_v2_any_pair_large_swaps.sql.
     '0x0000000000000000000000000000000000000000',
     -- The Solidity event declaration; `indexed` marks topics, names become webhook args.
     -- Elementary types, fixed/dynamic arrays and tuples are accepted.

@@ -48,6 +48,11 @@ WHERE c.relnamespace = 'public'::regnamespace AND a.grantee::regrole::text LIKE 
 EVENT = ("INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash, tx_index,"
          " log_index, address, data) VALUES (99, 1, '0xb1', '2026-11-01T00:00:00Z', '0xt', 0,"
          " 0, '0xa', '0x') RETURNING id")
+# A creation log of the factory _setup_rows registers (child in topic 1).
+CREATION = ("INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash, tx_index,"
+            " log_index, address, topic0, topic1, data) VALUES (99, 1, '0xb1',"
+            " '2026-11-01T00:00:00Z', '0xt', 0, 1, '0xf1', '0xc0', '0x' || repeat('0', 24) ||"
+            " repeat('ab', 20), '0x') RETURNING id")
 
 # What each service does (allowed) and what it must not (refused), as SQL. Allowed statements
 # run in a transaction that is rolled back afterwards.
@@ -62,6 +67,9 @@ ALLOWED = {
         " ON CONFLICT (chain_id) DO UPDATE SET block_number = excluded.block_number",
         "INSERT INTO reorgs (chain_id, depth, common_ancestor, old_head_hash, new_head_hash,"
         " events_invalidated) VALUES (99, 1, 0, '0x1', '0x2', 0) RETURNING id",
+        CREATION,  # a factory's creation log: the trigger writes its child, as this role
+        "SELECT chain_id, address, topic0, child_topic, child_offset FROM factories",
+        "SELECT child_address, block_number FROM factory_children",
     ],
     PROCESSOR: [
         "SELECT id, data FROM events",
@@ -82,6 +90,13 @@ ALLOWED = {
         "DELETE FROM deliveries WHERE id = -1", "DELETE FROM reorgs WHERE id = -1",
         "DELETE FROM blocks WHERE chain_id = -1",
         "LOCK TABLE ONLY events IN EXCLUSIVE MODE",
+        # factory registration (core.factories): register, barrier, backfill
+        "INSERT INTO factories (chain_id, address, topic0, child_topic, child_offset)"
+        " VALUES (99, '0xf2', '0xc0', 0, 0) ON CONFLICT DO NOTHING RETURNING id",
+        "LOCK TABLE events IN SHARE MODE",
+        "INSERT INTO factory_children (factory_id, chain_id, child_address, block_number,"
+        " block_hash, block_time, log_index, event_id) SELECT f.id, 99, '0xc', 1, '0xb1', now(),"
+        " 0, 1 FROM factories f ON CONFLICT DO NOTHING",
     ],
     WORKERS: [
         "SELECT d.id, a.config::text, a.secret, a.previous_secret, t.name, e.data"
@@ -98,7 +113,8 @@ ALLOWED = {
     ],
 }
 REFUSED = {
-    INGEST: ["SELECT 1 FROM actions", "SELECT 1 FROM deliveries", "SELECT 1 FROM triggers",
+    INGEST: ["INSERT INTO factories (chain_id, address, topic0, child_topic, child_offset)"
+             " VALUES (99, '0xf2', '0xc0', 0, 0)", "SELECT 1 FROM actions", "SELECT 1 FROM deliveries", "SELECT 1 FROM triggers",
              "SELECT 1 FROM deferred_matches", "DELETE FROM events",
              "UPDATE events SET data = '0x00'", "UPDATE reorgs SET corrected_at = now()",
              "INSERT INTO triggers (name, chain_id, event_signature) VALUES ('x', 1, 'E()')"],
@@ -113,12 +129,15 @@ REFUSED = {
               "INSERT INTO actions (trigger_id) VALUES (1)", "DELETE FROM actions",
               "UPDATE triggers SET enabled = false", "UPDATE triggers SET error = 'x'", EVENT,
               "UPDATE events SET invalidated = true", "DELETE FROM deliveries",
-              "SELECT 1 FROM checkpoints", "SELECT 1 FROM event_batches"],
+              "SELECT 1 FROM checkpoints", "SELECT 1 FROM event_batches",
+              "SELECT 1 FROM factories", "SELECT 1 FROM factory_children"],
     READONLY: ["SELECT secret FROM actions", "SELECT previous_secret FROM actions",
                "SELECT config FROM actions", "SELECT * FROM actions",
                "UPDATE triggers SET error = NULL", "UPDATE deliveries SET status = 'failed'",
                "DELETE FROM events", "INSERT INTO blocks VALUES (1, 1, '0x', '0x', now())",
-               "UPDATE actions SET secret = NULL"],
+               "UPDATE actions SET secret = NULL", "DELETE FROM factory_children",
+               "INSERT INTO factories (chain_id, address, topic0, child_topic, child_offset)"
+               " VALUES (99, '0xf2', '0xc0', 0, 0)"],
 }
 
 
@@ -157,6 +176,8 @@ def _setup_rows(url: str) -> None:
                      (trigger_id, json.dumps({"url": "https://example.com", "secret": SECRET})))
         conn.execute("INSERT INTO reorgs (chain_id, depth, common_ancestor, old_head_hash,"
                      " new_head_hash, events_invalidated) VALUES (99, 1, 0, '0x1', '0x2', 0)")
+        conn.execute("INSERT INTO factories (chain_id, address, topic0, child_topic, child_offset)"
+                     " VALUES (99, '0xf1', '0xc0', 1, 0)")
 
 
 def test_each_role_does_its_job_and_is_refused_what_it_must_not_touch(db_url: str) -> None:

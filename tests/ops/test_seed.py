@@ -54,6 +54,8 @@ async def test_seed_loads_and_the_processor_accepts_it(plain_db_url: str, seed: 
         await conn.close()
     assert registry.invalid == {} and error is None, f"{name}: {registry.invalid or error}"
     assert [trigger.name for trigger in registry.triggers] == [name]
+    # A factory trigger's factory is registered as the registry loads.
+    assert len(registry.factories) == (seed.stem == "uniswap_v2_any_pair_large_swaps")
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")

@@ -13,7 +13,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 
 TABLES = ("deferred_matches", "event_batches", "deliveries", "actions", "triggers", "reorgs",
-          "rpc_endpoints", "checkpoints", "blocks", "events")
+          "rpc_endpoints", "checkpoints", "blocks", "events", "factory_children", "factories")
 
 
 def with_database(url: str, name: str) -> str:
