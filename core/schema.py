@@ -152,7 +152,7 @@ triggers = Table(
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # A factory instead of an address (migration 0007): the trigger watches every contract the
+    # A factory instead of an address (migration 0006): the trigger watches every contract the
     # factory creates, found by the creation event's parameter holding the child's address.
     Column("factory_address", Text),
     Column("factory_event_signature", Text),
@@ -297,7 +297,7 @@ factories = Table(
 )
 
 # One row per valid creation log of a registered factory: written by the database (triggers on
-# ``events``, migration 0007) in the transaction that stores the log, deleted when a reorg
+# ``events``, migration 0006) in the transaction that stores the log, deleted when a reorg
 # invalidates it; the backfill of a newly registered factory writes the older ones.
 factory_children = Table(
     "factory_children",

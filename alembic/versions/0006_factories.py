@@ -1,7 +1,7 @@
 """Factory triggers: a trigger may name a factory instead of an address; the factory's children
 are kept in ``factory_children``, maintained by the database from the stored events.
 
-Revision ID: 0007_factories
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-30
 
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 from core import roles
 
-revision = "0007_factories"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
