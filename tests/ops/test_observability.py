@@ -288,6 +288,7 @@ class Traffic:
         self.chain = chain
         self.ports = {service: free_port() for service in SERVICES}
         self.dead_rpc = f"http://127.0.0.1:{free_port()}"
+        self.retry_backlog_seen = ""
 
     def start(self) -> None:
         for service in SERVICES:
@@ -312,7 +313,7 @@ class Traffic:
 def traffic(ops_chain: Chain, ops_receiver: Receiver, plain_db_url: str, redis_url: str,
             tmp_path: Path) -> Iterator[Traffic]:
     pipeline = _build(plain_db_url, redis_url, ops_chain, ops_receiver, tmp_path)
-    pipeline.env.update({"WEBHOOK_MAX_ATTEMPTS": "2", "WEBHOOK_RETRY_SCHEDULE": "0.5",
+    pipeline.env.update({"WEBHOOK_MAX_ATTEMPTS": "2", "WEBHOOK_RETRY_SCHEDULE": "4",
                          "RETENTION_INTERVAL": "1"})
     pipeline.services.env.update(pipeline.env)
     store = pipeline.store
@@ -325,6 +326,11 @@ def traffic(ops_chain: Chain, ops_receiver: Receiver, plain_db_url: str, redis_u
     try:
         running.start()
         running.send(4)
+        # The 500 endpoint's 4 deliveries wait 4 s for their second attempt: the processor's
+        # sweep shows them as the retry backlog meanwhile.
+        running.retry_backlog_seen = _wait_metrics(
+            running.url("processor"), timeout=30,
+            until='blockhook_processor_open_deliveries{state="retrying"} 4.0')
 
         def settled() -> tuple[bool, str]:
             rows = store.rows("SELECT status, count(*) AS n FROM deliveries GROUP BY status")
@@ -353,6 +359,35 @@ def test_every_metric_and_label_the_dashboard_and_rules_use_is_exported(
     assert catalogue["blockhook_processor_open_deliveries"]["state"] == {
         "pending", "queued", "retrying"}
     assert len(catalogue["blockhook_ingest_rpc_endpoint_errors_total"]["endpoint"]) == 1
+
+
+def _values(exposition: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples if sample.name == name}
+
+
+def test_the_new_series_count_what_happened(traffic: Traffic) -> None:
+    """4 transfers, each matched by a trigger whose endpoint answers 200 and one whose endpoint
+    answers 500 (2 attempts allowed): exact counts per host and outcome, 4 block → webhook
+    observations, nothing left open or unprocessed once settled."""
+    scraped = traffic.expositions()
+    per_endpoint = _values(scraped["workers"], "blockhook_workers_endpoint_attempts_total")
+    assert per_endpoint == {(("host", "127.0.0.1"), ("outcome", outcome)): 4.0
+                            for outcome in ("delivered", "retry", "failed")}
+    assert _values(scraped["workers"], "blockhook_workers_event_to_webhook_seconds_count") == {
+        (): 4.0}
+    [to_webhook] = _values(scraped["workers"],
+                           "blockhook_workers_event_to_webhook_seconds_sum").values()
+    assert 0 < to_webhook < 4 * 60
+    assert _values(scraped["ingest"], "blockhook_ingest_chain_info") == {
+        (("chain_id", "31337"),): 1.0}
+    assert _values(scraped["processor"], "blockhook_processor_open_deliveries") == {
+        (("state", state),): 0.0 for state in ("pending", "queued", "retrying")}
+    assert _values(scraped["processor"], "blockhook_processor_batch_lag_seconds") == {(): 0.0}
+    # While the 500 endpoint's deliveries waited for their retry (seen by the fixture):
+    backlog = _values(traffic.retry_backlog_seen, "blockhook_processor_open_deliveries")
+    assert backlog[(("state", "retrying"),)] == 4.0
 
 
 # ----------------------------------------------------------------- a real Prometheus
@@ -439,5 +474,25 @@ def test_a_real_prometheus_evaluates_every_rule_and_panel(traffic: Traffic,
             if not any(prometheus.query(target["expr"]) for target in panel["targets"]):
                 empty.append(panel["title"])
         assert not empty, f"panels with no data on a running pipeline: {empty}"
+        if os.environ.get("BLOCKHOOK_DASHBOARD_PNG"):
+            _record_screenshot(traffic, prometheus, Path(os.environ["BLOCKHOOK_DASHBOARD_PNG"]),
+                               minutes=float(os.environ.get("BLOCKHOOK_DASHBOARD_MINUTES", "8")))
     finally:
         prometheus.stop()
+
+
+def _record_screenshot(traffic: Traffic, prometheus: Prometheus, out: Path, *,
+                       minutes: float) -> None:
+    """The docs' screenshot (``BLOCKHOOK_DASHBOARD_PNG=path``): the same pipeline kept busy for
+    ``minutes`` — a transfer every 2 s, the second endpoint answering 500 through the middle
+    third — then drawn from this Prometheus by observability/render.py."""
+    from observability.render import render
+
+    started = time.monotonic()
+    duration = minutes * 60
+    while (elapsed := time.monotonic() - started) < duration:
+        failing = duration / 3 <= elapsed < 2 * duration / 3
+        traffic.receiver.script("hooks/down", 500 if failing else 200)
+        traffic.send(1)
+        time.sleep(2)
+    render(prometheus.url, out, minutes=minutes + 1)
