@@ -339,8 +339,10 @@ def traffic(ops_chain: Chain, ops_receiver: Receiver, plain_db_url: str, redis_u
 
         wait_until(settled, timeout=60, what="4 delivered and 4 failed deliveries",
                    supervisor=pipeline.services)
-        # The processor's gauges and the retention pass (table sizes) after the traffic.
+        # The processor's gauges after the traffic (its next sweep) and a retention pass.
         _wait_metrics(running.url("processor"), until="blockhook_processor_table_size_bytes{")
+        _wait_metrics(running.url("processor"),
+                      until='blockhook_processor_open_deliveries{state="retrying"} 0.0')
         yield running
     finally:
         pipeline.services.stop_all()
