@@ -36,7 +36,7 @@ run: install services
 	$(PY) scripts/run.py $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check core ingest processor retention workers scripts tests alembic
+	$(VENV)/bin/ruff check core ingest processor retention workers scripts tests alembic observability
 	$(VENV)/bin/mypy
 
 clean:

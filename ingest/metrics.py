@@ -4,7 +4,7 @@ the process-wide default in ``main()``, a private one where several indexers sha
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from core.errors import RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
 from ingest.completeness import HashMismatch, IncompleteLogs, NotSeenYet
@@ -15,12 +15,16 @@ RPC_ERROR_KINDS = ("timeout", "rate_limited", "unavailable", "range_too_large", 
 
 
 class IngestMetrics:
-    """head, checkpoint, lag, logs ingested, batch duration, RPC errors by kind, range size,
+    """chain id (info), head, checkpoint, lag, logs ingested, batch duration, RPC errors by kind, range size,
     reorgs and their depth, unconfirmed hash mismatches; per RPC endpoint: calls, errors by kind,
     latency, head lag and health score."""
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         """``registry=None`` keeps the metrics unregistered (several indexers in one process)."""
+        # blockhook_ingest_chain_info{chain_id="1"} 1: joins this process's series to its chain
+        # (dashboards and alerts: ``* on(job, instance) group_left(chain_id)``).
+        self.chain = Info("blockhook_ingest_chain", "The chain this indexer ingests",
+                          registry=registry)
         self.head_block = Gauge("blockhook_ingest_head_block", "Node head block number",
                                 registry=registry)
         self.checkpoint_block = Gauge("blockhook_ingest_checkpoint_block",

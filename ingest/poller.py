@@ -143,6 +143,7 @@ class Indexer:
             raise ChainMismatch(f"CHAIN_ID={self.settings.chain_id} but the node at "
                                 f"{self._source_label()} reports chain {node_chain}")
         self.chain_id = node_chain
+        self.metrics.chain.info({"chain_id": str(node_chain)})
         if isinstance(self.settings.confirmations, str):
             await until_stopped(retry_rpc(
                 f"eth_getBlockByNumber({self.settings.confirmations})",

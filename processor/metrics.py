@@ -18,6 +18,11 @@ BATCH_LAG_BATCHES = Gauge("blockhook_processor_batch_lag_batches",
                           "Event batches committed and not yet processed")
 BATCH_LAG_EVENTS = Gauge("blockhook_processor_batch_lag_events",
                          "Events in batches committed and not yet processed")
+BATCH_LAG_SECONDS = Gauge("blockhook_processor_batch_lag_seconds",
+                          "Age of the oldest event batch committed and not yet processed (0: none)")
+OPEN_DELIVERIES = Gauge("blockhook_processor_open_deliveries",
+                        "Deliveries not final yet, by state: pending (not enqueued), queued (first "
+                        "attempt due), retrying (queued after a failed attempt)", ["state"])
 ENQUEUE_LATENCY = Histogram(
     "blockhook_processor_enqueue_latency_seconds",
     "From the event's commit (its batch's created_at) to its delivery job being enqueued",
@@ -29,3 +34,10 @@ REQUEUED = Counter("blockhook_processor_requeued_total",
                    "Deliveries enqueued by the sweep (left pending, or queued and lost)", ["reason"])
 CANCELLED = Counter("blockhook_processor_cancelled_total",
                     "Matched deliveries cancelled because their event was invalidated")
+
+# Every label value exported from the start (at 0), so rate() sees a counter's first increase and
+# dashboards show the series before it first happens.
+for _kind in ("matched", "removed"):
+    DELIVERIES_CREATED.labels(_kind)
+for _reason in ("pending", "lost"):
+    REQUEUED.labels(_reason)

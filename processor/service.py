@@ -40,8 +40,17 @@ TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.Int
              TimeoutError, redis.RedisError)
 
 _LAG = """
-SELECT count(*) AS batches, coalesce(sum(row_count), 0) AS events
+SELECT count(*) AS batches, coalesce(sum(row_count), 0) AS events,
+       coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS seconds
 FROM event_batches WHERE processed_at IS NULL
+"""
+
+# The open deliveries (the partial index ix_deliveries_open): the retry backlog for dashboards.
+_OPEN_DELIVERIES = """
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'queued' AND attempts = 0) AS queued,
+       count(*) FILTER (WHERE status = 'queued' AND attempts > 0) AS retrying
+FROM deliveries WHERE status IN ('pending', 'queued')
 """
 
 
@@ -154,8 +163,12 @@ class Processor:
             await self.retention.run_if_due(self.pool)
         async with self.pool.acquire() as conn:
             lag = await conn.fetchrow(_LAG)
+            open_deliveries = await conn.fetchrow(_OPEN_DELIVERIES)
         metrics.BATCH_LAG_BATCHES.set(lag["batches"])
         metrics.BATCH_LAG_EVENTS.set(lag["events"])
+        metrics.BATCH_LAG_SECONDS.set(lag["seconds"])
+        for state, count in open_deliveries.items():
+            metrics.OPEN_DELIVERIES.labels(state).set(count)
 
     async def correct(self, *, recheck: bool) -> None:
         async with self.pool.acquire() as conn:

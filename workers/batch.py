@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
+from yarl import URL
 
 from core.crypto import Keyring
+from core.errors import EndpointRejected
 from workers import metrics
+from workers.action import parse_action
 from workers.attempt import RetryPolicy, attempt_delivery
 from workers.delivery import WebhookClient
 from workers.retry import is_exhausted, retry_delay
@@ -44,6 +48,27 @@ class BatchReport:
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
+
+
+# Outcome status of an attempted delivery → ``outcome`` of blockhook_workers_endpoint_attempts_total.
+_ENDPOINT_OUTCOMES = {"delivered": "delivered", "queued": "retry", "failed": "failed"}
+
+
+def _endpoint_host(config_json: str) -> str:
+    try:
+        return URL(str(parse_action(config_json).url)).host or "?"
+    except (EndpointRejected, TypeError, ValueError):
+        return "?"
+
+
+def _observe(row: asyncpg.Record, outcome: Outcome) -> None:
+    """Per-endpoint counts and the chain-to-receiver latency of one committed outcome."""
+    if outcome.attempted and outcome.status in _ENDPOINT_OUTCOMES:
+        metrics.ENDPOINT_ATTEMPTS.labels(_endpoint_host(row["config"]),
+                                         _ENDPOINT_OUTCOMES[outcome.status]).inc()
+    if (outcome.status == "delivered" and row["kind"] == "matched" and not row["replay"]
+            and row["block_time"] is not None):
+        metrics.EVENT_TO_WEBHOOK.observe(max(0.0, time.time() - row["block_time"].timestamp()))
 
 
 async def _attempt_or_requeue(row: asyncpg.Record, *, client: WebhookClient,
@@ -89,6 +114,8 @@ async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, polic
         delivered = [o.delivery_id for o in report.outcomes if o.status == "delivered"]
         report.removed_created = await ensure_removed_deliveries(conn, delivered)
     by_id = {o.delivery_id: o for o in report.outcomes}
+    for claimed_row in claimed:
+        _observe(claimed_row, by_id[claimed_row["id"]])
     for row in recorded:
         outcome = by_id[row.delivery_id]
         if outcome.status == "delivered" and row.latency_ms is not None:

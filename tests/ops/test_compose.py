@@ -24,10 +24,16 @@ from tests.support.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 APP_IMAGE_SERVICES = {"migrate", "ingest", "processor", "workers"}
-LONG_RUNNING = {"timescaledb", "redis", "anvil", "ingest", "processor", "workers"}
+LONG_RUNNING = {"timescaledb", "redis", "anvil", "ingest", "processor", "workers", "prometheus",
+                "grafana"}
 # Variables read outside the settings classes, and by whom (documented in README/operations).
 MIGRATION_VARIABLES = {"EVENTS_CHUNK_INTERVAL", *(password_variable(role) for role in ROLES)}
-EXTERNAL_IMAGE_VARIABLES = {"timescaledb": {"POSTGRES_PASSWORD", "POSTGRES_DB"}}
+EXTERNAL_IMAGE_VARIABLES = {
+    "timescaledb": {"POSTGRES_PASSWORD", "POSTGRES_DB"},
+    "grafana": {"GF_SECURITY_ADMIN_PASSWORD", "GF_AUTH_ANONYMOUS_ENABLED", "GF_AUTH_ANONYMOUS_ORG_ROLE",
+                "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "GF_ANALYTICS_REPORTING_ENABLED",
+                "GF_ANALYTICS_CHECK_FOR_UPDATES"},
+}
 SETTINGS_FOR = {"ingest": IngestSettings, "processor": ProcessorSettings,
                 "workers": WorkerSettings, "migrate": BaseServiceSettings}
 EXAMPLE_ENV = {"POSTGRES_PASSWORD": "secret", "RPC_URL": "http://anvil:8545", "CHAIN_ID": "31337",
@@ -108,6 +114,10 @@ def test_expected_services_and_pinned_images(services: dict[str, Any]) -> None:
         if name in APP_IMAGE_SERVICES:
             assert service["build"] == "." and image.startswith("blockhook:")
     assert services["anvil"]["profiles"] == ["dev"]
+    # Prometheus and Grafana only with --profile observability (tests/ops/test_observability.py).
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["observability"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:v")
+    assert services["grafana"]["image"].startswith("grafana/grafana-oss:")
 
 
 def _command_exists(command: list[str]) -> bool:
