@@ -41,6 +41,12 @@ async def _assert_exactly_the_chain(db_url: str, anvil: Anvil) -> list[LogRow]:
     return valid
 
 
+def _saved_position(state_home: Path) -> int | None:
+    """The resume position a replay saved under ``XDG_STATE_HOME`` (None: no state file)."""
+    files = list(state_home.glob("blockhook/replay-*.json"))
+    return json.loads(files[0].read_text()).get("ingested_through") if files else None
+
+
 async def _punch_gap(db_url: str, blocks: list[int]) -> int:
     deleted = await fetch(db_url, "DELETE FROM events WHERE block_number = ANY($1::bigint[]) "
                                   "RETURNING 1", blocks)
@@ -140,18 +146,16 @@ async def test_kill_9_of_a_replay_under_a_live_indexer_then_resume(
         first = await asyncio.create_subprocess_exec(*args, cwd=ROOT, env=env,
                                                      stdout=asyncio.subprocess.DEVNULL,
                                                      stderr=asyncio.subprocess.DEVNULL)
-        state_files: list[Path] = []
 
         async def under_way() -> bool:
-            state_files[:] = list(tmp_path.glob("blockhook/replay-*.json"))
-            return bool(state_files) and json.loads(state_files[0].read_text()).get(
-                "ingested_through", -1) >= 25
+            return (_saved_position(tmp_path) or -1) >= 25
         await wait_until(under_way, within=60, what="the replay to pass block 25")
         first.send_signal(signal.SIGKILL)
         assert await first.wait() == -signal.SIGKILL
         anvil.mine(5)  # the indexer goes on meanwhile
         await wait_for_checkpoint(db_url, anvil)
-        killed_at = json.loads(state_files[0].read_text())["ingested_through"]
+        killed_at = _saved_position(tmp_path)
+        assert killed_at is not None
         assert killed_at < 150, "killed mid-way, before the gap"
         assert len(await stored_logs(db_url)) == stored_before, "the gap is further on"
 
@@ -167,4 +171,4 @@ async def test_kill_9_of_a_replay_under_a_live_indexer_then_resume(
     assert summary["resumed_from"] == killed_at + 1
     assert summary["logs_added"] == lost and summary["left_to_indexer"] is None
     await _assert_exactly_the_chain(db_url, anvil)
-    assert not state_files[0].exists(), "a completed replay forgets its resume state"
+    assert _saved_position(tmp_path) is None, "a completed replay forgets its resume state"
