@@ -3,8 +3,9 @@
 ``scripts/backtest.py`` is the command; this is its library. The trigger is loaded by id or name
 whatever its ``enabled`` flag (a disabled trigger is how one is tried before it goes live), with
 or without actions, and compiled by the processor's own ``compile_trigger``; events are judged by
-a one-trigger :class:`processor.registry.TriggerRegistry`'s ``matches`` — the match index and
-compiled conditions the processor uses, not a second evaluator.
+a one-trigger :class:`processor.registry.TriggerRegistry` — its ``matches``, or with conditions
+its match indexes fed a log decoded once up front (the per-condition counts need it decoded
+anyway) — the match index and compiled conditions the processor uses, not a second evaluator.
 
 Where the events come from (:func:`plan_segments`):
 
@@ -36,6 +37,7 @@ import orjson
 from core.abi import DecodeError
 from core.errors import InvalidTrigger, PermanentError
 from processor.conditions import Condition
+from processor.index import DecodeMemo, Entry
 from processor.registry import CompiledTrigger, TriggerRegistry, TriggerRow, compile_trigger
 
 BLOCK_PAGE = 5000
@@ -212,29 +214,41 @@ class Evaluator:
 
     def feed(self, events: Sequence[Mapping[str, Any]]) -> None:
         report, chain_id = self.report, self.trigger.chain_id
-        matches_of = self.registry.matches
-        leaves = self.leaves
-        counts = report.leaves
-        decoder = self.trigger.decoder
+        if not self.leaves:
+            matches_of = self.registry.matches
+            for event in events:
+                report.candidates += 1
+                matched, failures = matches_of(chain_id, event)
+                if matched:
+                    self._matched(event)
+                elif failures:
+                    self._failed(event, "does not decode under the trigger's signature")
+            return
+        # With conditions every candidate is decoded for the per-leaf counts anyway: decode it
+        # once, up front, into the memo the processor's match indexes share.
+        leaves, counts, decoder = self.leaves, report.leaves, self.trigger.decoder
+        indexes_of = self.registry.indexes
         for event in events:
             report.candidates += 1
-            matched, failures = matches_of(chain_id, event)
-            if matched:
-                report.matches += 1
-                if len(report.first_matches) < self.keep:
-                    report.first_matches.append(dict(event))
-            if not leaves:
-                if failures:
-                    self._failed(event, "does not decode under the trigger's signature")
-                continue
             try:
                 args = decoder(event["topic1"], event["topic2"], event["topic3"], event["data"])
             except DecodeError as error:
                 self._failed(event, str(error))
                 continue
+            entries: list[Entry] = []
+            decoded: DecodeMemo = {decoder: args}
+            for index in indexes_of(chain_id, event["address"], event["topic0"]):
+                index.match(event, decoded, entries)
+            if entries:
+                self._matched(event)
             for position, (_, leaf) in enumerate(leaves):
                 if leaf.predicate(args, event):
                     counts[position].true += 1
+
+    def _matched(self, event: Mapping[str, Any]) -> None:
+        self.report.matches += 1
+        if len(self.report.first_matches) < self.keep:
+            self.report.first_matches.append(dict(event))
 
     def _failed(self, event: Mapping[str, Any], reason: str) -> None:
         self.report.decode_failures += 1
