@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -53,13 +53,18 @@ SEND_INTERVAL = 0.2
 HISTORY_ADDRESS = "0x" + "cd" * 20
 BAR_RATIO = 2.0
 
+# History on the chain's real blocks (hash and time): a replay would take events with another
+# hash at a height for a reorg's orphans and invalidate them. log_index from 1000 up, past the
+# real logs of the block.
 _HISTORY = """
 INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash, tx_index, log_index,
                     address, topic0, topic1, topic2, data)
-SELECT 31337, n %% %(blocks)s, '0x' || lpad(to_hex(n), 64, 'e'), %(time)s::timestamptz,
-       '0x' || lpad(to_hex(n), 64, 'f'), 0, 0, %(address)s, %(topic0)s,
+SELECT 31337, b.number, b.hash, b.time, '0xff' || lpad(to_hex(n), 62, '0'), 0,
+       1000 + n / %(blocks)s, %(address)s, %(topic0)s,
        '0x' || lpad('1', 64, '0'), '0x' || lpad('2', 64, '0'), '0x' || lpad(to_hex(n), 64, '0')
-FROM generate_series(1, %(count)s) AS n"""
+FROM generate_series(0, %(count)s - 1) AS n
+JOIN unnest(%(numbers)s::bigint[], %(hashes)s::text[], %(times)s::timestamptz[])
+     AS b(number, hash, time) ON b.number = n %% %(blocks)s"""
 
 
 def steady(minter: Minter, receiver: Receiver) -> list[float]:
@@ -76,14 +81,23 @@ def steady(minter: Minter, receiver: Receiver) -> list[float]:
     return [(arrived[tx] - at) * 1000 for tx, at in sent.items()]
 
 
-def _store_history(url: str, head: int, topic0: str) -> None:
+def _store_history(url: str, node: Anvil, topic0: str) -> None:
     """Stored, already processed events (their batches marked in the inserting transaction, so
-    no processor ever sees them as new)."""
+    no processor ever sees them as new), spread over the chain's blocks."""
+    blocks = [node.rpc("eth_getBlockByNumber", hex(n), False) for n in range(node.head() + 1)]
     with psycopg.connect(url) as conn:
-        conn.execute(_HISTORY, {"blocks": head + 1, "time": datetime.now(UTC) - timedelta(hours=1),
-                                "address": HISTORY_ADDRESS, "topic0": topic0,
-                                "count": REFIRE_EVENTS})
+        conn.execute(_HISTORY, {
+            "blocks": len(blocks), "address": HISTORY_ADDRESS, "topic0": topic0,
+            "count": REFIRE_EVENTS, "numbers": [int(b["number"], 16) for b in blocks],
+            "hashes": [b["hash"].lower() for b in blocks],
+            "times": [datetime.fromtimestamp(int(b["timestamp"], 16), UTC) for b in blocks]})
         conn.execute("UPDATE event_batches SET processed_at = now() WHERE processed_at IS NULL")
+
+
+def _refire_deliveries(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM deliveries WHERE replay").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _unsent_refire(url: str) -> int:
@@ -125,7 +139,7 @@ def run(backend: str = "plain") -> list[Figure]:
         for module in ("ingest", "processor", "workers"):
             services.add(module, module)
         wait_for(live_receiver, "/hooks/live", [minter.mint()], "the warm-up webhook")
-        _store_history(url, node.head(), parse_event_signature(TRANSFER).topic0)
+        _store_history(url, node, parse_event_signature(TRANSFER).topic0)
 
         idle = steady(minter, live_receiver)
 
@@ -136,13 +150,17 @@ def run(backend: str = "plain") -> list[Figure]:
         refire = subprocess.Popen(
             [sys.executable, "scripts/replay.py", "--chain-id", "31337", "--from-block", "0",
              "--to-block", str(head), "--refire"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=(workdir / "refire.log").open("w"))
         cleanup.callback(_kill_if_running, refire)
         started = time.monotonic()
         during = steady(minter, live_receiver)
         unsent_after = _unsent_refire(url)
-        refire.wait(600)
+        if refire.wait(600) != 0:
+            raise RuntimeError(f"the refire failed: {(workdir / 'refire.log').read_text()[-2000:]}")
         refire_seconds = time.monotonic() - started
+        created = _refire_deliveries(url)
+        if created != REFIRE_EVENTS:
+            raise RuntimeError(f"the refire created {created} deliveries, not {REFIRE_EVENTS}")
         services.assert_running()
         drained_by = None
         deadline = time.monotonic() + 600
