@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 from web3 import Web3
 from web3.contract import Contract
@@ -27,6 +30,7 @@ from tests.ingest.conftest import (
     running_indexer,
     wait_for_checkpoint,
 )
+from tests.ops.test_seed import SEEDS, psql
 from tests.support.anvil import Anvil
 from tests.support.contracts import deploy_erc20, transact, web3_for
 from tests.support.lagging_provider import LaggingProvider
@@ -207,3 +211,27 @@ def test_bad_trigger_id_or_range_is_one_line_and_non_zero(plain_db_url: str, anv
         assert result.returncode != 0, args
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+@pytest.mark.parametrize("seed", SEEDS, ids=[path.stem for path in SEEDS])
+def test_the_walkthrough_backtests_each_seed_trigger_disabled(plain_db_url: str, anvil: Anvil,
+                                                              seed: Path) -> None:
+    """docs/operations.md's walkthrough: load a seed, disable it, backtest it by name over
+    stored history of its chain (one stored event of another contract: no match, no node)."""
+    db_url = plain_db_url
+    assert psql(db_url, "-f", str(seed)).returncode == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("UPDATE triggers SET enabled = false RETURNING name, chain_id").fetchone()
+        assert row is not None
+        name, chain_id = row
+        conn.execute("INSERT INTO checkpoints (chain_id, block_number, block_hash) "
+                     "VALUES (%s, 100, %s)", (chain_id, "0x" + "00" * 32))
+        conn.execute("""INSERT INTO events (chain_id, block_number, block_hash, block_time,
+                          tx_hash, tx_index, log_index, address, topic0, data)
+                        VALUES (%s, 10, %s, now(), %s, 0, 0, %s, %s, '0x')""",
+                     (chain_id, "0x" + "01" * 32, "0x" + "02" * 32, "0x" + "33" * 20,
+                      "0x" + "44" * 32))
+    report = _report(db_url, anvil.url, "--trigger", name, "--from-block", "10")
+    assert report["trigger"]["enabled"] is False and report["matches"] == 0
+    assert report["sources"] == [{"source": "stored", "from_block": 10, "to_block": 100}]
