@@ -209,6 +209,8 @@ class ReplayCommand:
                               on_wait=lambda pid: self._on_wait(progress, task, pid),
                               stop=self.stop)
         self._merge(summary, result, done_before)
+        if result.left_to_indexer is not None:
+            progress.update(task, description="replay (the rest is the live indexer's)")
         # No log to add means no delivery from new logs: skip the lookup (the common dry run
         # over a complete range, where every recorded candidate is stored already).
         if self.args.dry_run and isinstance(source, RecordingSource) and registry is not None \
