@@ -14,6 +14,13 @@ from redis import Redis
 from rq import Queue, Retry
 
 QUEUE_NAME = "blockhook-deliveries"
+# A refire's deliveries (a new trigger's history, possibly 100,000s at once) wait in a queue of
+# their own that workers take from only when the live queue is empty: live webhooks do not
+# queue behind history (scripts/bench.py refire measures it).
+REPLAY_QUEUE_NAME = "blockhook-deliveries-replay"
+# Smaller jobs there: a live job waits at most for the history job a worker is in (one chunk of
+# the default WORKER_BATCH_SIZE instead of four).
+REPLAY_JOB_BATCH_SIZE = 50
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # RQ costs ~27 Redis round trips per job whatever its size; 200 ids per job took the delivery
 # benchmark from ~1,100-1,800 to ~2,000-2,300 deliveries/s (2 workers) and worker CPU from ~340 to
@@ -33,17 +40,23 @@ def job_retry() -> Retry:
     return Retry(max=JOB_RETRY_MAX, interval=list(JOB_RETRY_INTERVALS))
 
 
-def delivery_queue(redis: Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=redis)
+def delivery_queue(redis: Redis, name: str = QUEUE_NAME) -> Queue:
+    return Queue(name, connection=redis)
+
+
+def worker_queues(redis: Redis) -> list[Queue]:
+    """The queues a worker listens on, highest priority first: RQ takes the next job from the
+    first non-empty one, so replayed history only uses workers the live queue leaves idle."""
+    return [delivery_queue(redis), delivery_queue(redis, REPLAY_QUEUE_NAME)]
 
 
 def enqueue_deliveries(redis: Redis, delivery_ids: Sequence[int], *,
-                       batch_size: int = JOB_BATCH_SIZE) -> int:
+                       batch_size: int = JOB_BATCH_SIZE, queue_name: str = QUEUE_NAME) -> int:
     """Enqueue jobs for ``delivery_ids`` in batches, in one Redis pipeline; return job count.
     Raises ``redis.RedisError`` when Redis is unreachable (callers keep the rows ``pending``)."""
     if not delivery_ids:
         return 0
-    queue = delivery_queue(redis)
+    queue = delivery_queue(redis, queue_name)
     jobs = [
         Queue.prepare_data(JOB_FUNCTION, args=(list(delivery_ids[i:i + batch_size]),),
                            timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400,

@@ -16,17 +16,37 @@ DO NOTHING``). Per range, in one transaction:
   block of the range's end. Without a checkpoint none is created (the indexer decides where it
   starts). ``blocks`` rows are written only where the indexer keeps them (its window).
 
+**Alongside a live indexer (no stop, no gap).** The range is split at the *settled bound*
+(:func:`settled_through`): the last block no indexer of the chain writes again — at or below both
+its checkpoint minus ``REORG_WINDOW`` and the lowest block it still keeps in ``blocks`` (a
+rollback's common ancestor is always a kept block, and only events above it are invalidated), or
+at or below the node's ``finalized`` block when that is not above the checkpoint.
+
+- ``[from_block, settled]`` is replayed *concurrently*, without the writer lock: only events are
+  written (missing logs inserted, divergent blocks invalidated with a ``reorgs`` row); the
+  checkpoint and ``blocks`` are the indexer's and are not touched. The indexer inserts only
+  above its checkpoint and invalidates only above a kept block, so the two never write the same
+  rows; concurrent inserts of one log are absorbed by the unique key either way.
+- ``(settled, to_block]`` (the live window, and anything above the checkpoint) belongs to the
+  indexer. Replay tries the writer lock *without waiting*: if an indexer holds it, that part is
+  left to it (``ReplayResult.left_to_indexer``): it ingests above its checkpoint itself and
+  re-checks its window every poll, so nothing there needs a second writer, and a second writer
+  there could store logs of a block the indexer has just rolled back. If no indexer runs, replay
+  holds the lock for that part only and writes it like the indexer would (the checkpoint rules
+  above); an indexer started meanwhile waits as standby until that part is done.
+- Without a checkpoint there is no settled bound: replay takes the lock for the whole range, or,
+  while an indexer holds it (it is storing its first range), waits for the first checkpoint and
+  reports each re-check through ``on_wait``.
+
+A dry run takes no lock, writes nothing, and plans the same split.
+
 **Factory children.** With ``INGEST_ADDRESSES``, ranges are fetched like the indexer's
 (``ingest.factories``): the registered factories and their children are asked for, and a child
 created in a range is fetched in that range. Children found by the replay (their creation was
 never ingested: a factory registered after the indexer passed it) are then backfilled: their
-logs from the replay's end up to the checkpoint are replayed for them alone.
-
-**Writer lock.** Replay takes the chain's writer lock (``core.db.writer_lock_key``) on its
-writing connection and *waits* while the live indexer holds it, reporting the holder's pid
-through ``on_wait`` every time it re-checks: stop the indexer (``SIGTERM``; it commits its current
-range and exits) and replay proceeds; start the indexer again afterwards. A dry run takes no
-lock and writes nothing.
+logs from the replay's end up to the checkpoint are replayed for them alone, with the same split
+(settled blocks concurrently; the live window only when no indexer runs, else a warning says
+which blocks to replay again once they have settled).
 
 **Resuming.** Each range commits on its own and everything is idempotent, so after Ctrl-C
 (``stop`` set: the current range commits, then :func:`replay` returns) running the same command
@@ -52,7 +72,7 @@ import asyncpg
 import structlog
 
 from core.db import connect
-from core.errors import ChainMismatch
+from core.errors import ChainMismatch, RpcBadResponse, RpcUnavailable
 from core.redact import redact_url
 from core.settings import IngestSettings
 from ingest.factories import ChildWatch, fetch_with_children
@@ -89,7 +109,7 @@ ProgressCallback = Callable[[int, int], None]
 """``progress(blocks_done, blocks_total)`` after each range."""
 
 WaitCallback = Callable[[int | None], None]
-"""``on_wait(holder_pid)`` while the writer lock is held by someone else."""
+"""``on_wait(holder_pid)`` while an indexer holds the writer lock and has no checkpoint yet."""
 
 
 @dataclass
@@ -107,6 +127,10 @@ class ReplayResult:
     checkpoint: int | None = None
     last_block: int | None = None  # the last block fully replayed (resume from last_block + 1)
     interrupted: bool = False
+    # The last block replayed alongside the live indexer (no lock), if any.
+    settled_through: int | None = None
+    # The first block left to the live indexer (its window or above its checkpoint), if any.
+    left_to_indexer: int | None = None
 
 
 async def replay(settings: IngestSettings, source: ChainSource, *, from_block: int,
@@ -133,42 +157,96 @@ async def replay(settings: IngestSettings, source: ChainSource, *, from_block: i
     conn = await connect(settings.database_url)
     try:
         await prepare_connection(conn)
-        if not dry_run:
-            await _take_writer_lock(conn, chain_id, on_wait, stop)
-        if stop.is_set():
-            result.interrupted = True
-            return result
         watch = None
         if settings.address_filter:
             watch = ChildWatch(chain_id, settings.address_filter)
             await watch.refresh(conn)
         known = set(watch.children) if watch is not None else set()
-        await _replay_ranges(conn, settings, source, result, progress, stop, watch)
+        await _replay_split(conn, settings, source, result, progress, on_wait, stop, watch)
         if watch is not None and not dry_run and not result.interrupted:
             found = sorted(set(watch.children) - known)
             await _backfill_children(conn, settings, source, result, found, stop)
     finally:
-        await conn.close()  # also releases the writer lock
+        await conn.close()  # also releases the writer lock, if taken
     log.info("replayed", chain_id=chain_id, from_block=from_block, to_block=to_block,
              dry_run=dry_run, logs_added=result.logs_added,
              events_invalidated=result.events_invalidated, interrupted=result.interrupted,
-             last_block=result.last_block)
+             last_block=result.last_block, settled_through=result.settled_through,
+             left_to_indexer=result.left_to_indexer)
     return result
 
 
-async def _take_writer_lock(conn: asyncpg.Connection, chain_id: int, on_wait: WaitCallback | None,
-                            stop: asyncio.Event) -> None:
-    while not await try_writer_lock(conn, chain_id):
+async def settled_through(conn: asyncpg.Connection, source: ChainSource, *, chain_id: int,
+                          checkpoint: Checkpoint, reorg_window: int) -> int:
+    """The last block that no indexer of the chain writes again (see the module doc): the
+    highest of ``min(checkpoint − reorg_window, lowest kept block)`` and the node's ``finalized``
+    block capped at the checkpoint. A node without the tag (or failing to answer) only makes the
+    bound lower."""
+    settled = checkpoint.number - reorg_window
+    lowest_kept = await conn.fetchval("SELECT min(number) FROM blocks WHERE chain_id = $1",
+                                      chain_id)
+    if lowest_kept is not None:
+        settled = min(settled, lowest_kept)
+    try:
+        finalized = await source.tagged_header("finalized")
+    except (RpcUnavailable, RpcBadResponse) as error:
+        log.info("no finalized block from the node; settled bound from the window only",
+                 chain_id=chain_id, reason=str(error))
+        finalized = None
+    if finalized is not None:
+        settled = max(settled, min(finalized.number, checkpoint.number))
+    return settled
+
+
+async def _replay_split(conn: asyncpg.Connection, settings: IngestSettings, source: ChainSource,
+                        result: ReplayResult, progress: ProgressCallback | None,
+                        on_wait: WaitCallback | None, stop: asyncio.Event,
+                        watch: ChildWatch | None = None) -> None:
+    """Replay the settled part alongside the indexer, then the rest under the writer lock or
+    not at all (see the module doc)."""
+    chain_id = result.chain_id
+    checkpoint = await load_checkpoint(conn, chain_id)
+    while checkpoint is None:
+        if result.dry_run or await try_writer_lock(conn, chain_id):
+            # No indexer has stored anything: nothing is settled, the whole range is written
+            # like the indexer would (under the lock; a dry run only plans it).
+            await _replay_ranges(conn, settings, source, result, progress, stop,
+                                 first=result.from_block, last=result.to_block, concurrent=False,
+                                 watch=watch)
+            return
         holder = await writer_lock_holder(conn, chain_id)
-        log.info("waiting for the writer lock: an indexer for this chain is running; stop it "
-                 "and replay proceeds", chain_id=chain_id, holder_pid=holder)
+        log.info("waiting for the live indexer's first checkpoint", chain_id=chain_id,
+                 holder_pid=holder)
         if on_wait is not None:
             on_wait(holder)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), LOCK_RETRY_SECONDS)
+        if stop.is_set():
+            result.interrupted = True
             return
-        except TimeoutError:
-            continue
+        checkpoint = await load_checkpoint(conn, chain_id)
+    settled = await settled_through(conn, source, chain_id=chain_id, checkpoint=checkpoint,
+                                    reorg_window=settings.reorg_window)
+    concurrent_last = min(result.to_block, settled)
+    if result.from_block <= concurrent_last:
+        await _replay_ranges(conn, settings, source, result, progress, stop,
+                             first=result.from_block, last=concurrent_last, concurrent=True,
+                             watch=watch)
+        result.settled_through = concurrent_last
+        if result.interrupted:
+            return
+    rest = max(result.from_block, concurrent_last + 1)
+    if rest > result.to_block:
+        return
+    live = (await writer_lock_holder(conn, chain_id) is not None if result.dry_run
+            else not await try_writer_lock(conn, chain_id))
+    if live:
+        result.left_to_indexer = rest
+        log.info("left to the live indexer: its reorg window and above its checkpoint",
+                 chain_id=chain_id, first=rest, last=result.to_block, settled_through=settled)
+        return
+    await _replay_ranges(conn, settings, source, result, progress, stop, first=rest,
+                         last=result.to_block, concurrent=False, watch=watch)
 
 
 async def _backfill_children(conn: asyncpg.Connection, settings: IngestSettings,
@@ -176,15 +254,32 @@ async def _backfill_children(conn: asyncpg.Connection, settings: IngestSettings,
                              stop: asyncio.Event) -> None:
     """Children a filtered replay found (their creation was not ingested before) have logs
     between the replay's end and the checkpoint that the indexer did not ask for: replay that
-    span for them alone."""
-    checkpoint = await load_checkpoint(conn, result.chain_id)
+    span for them alone — settled blocks concurrently, the live window only under the writer
+    lock (held already, or free because no indexer runs)."""
+    chain_id = result.chain_id
+    checkpoint = await load_checkpoint(conn, chain_id)
     if not children or checkpoint is None or checkpoint.number <= result.to_block:
         return
-    backfill = ReplayResult(result.chain_id, result.to_block + 1, checkpoint.number, False)
-    log.info("backfilling children found by the replay", chain_id=result.chain_id,
+    watch = ChildWatch(chain_id, children)
+    backfill = ReplayResult(chain_id, result.to_block + 1, checkpoint.number, False)
+    log.info("backfilling children found by the replay", chain_id=chain_id,
              children=len(children), from_block=backfill.from_block, to_block=backfill.to_block)
-    await _replay_ranges(conn, settings, source, backfill, None, stop,
-                         ChildWatch(result.chain_id, children))
+    settled = await settled_through(conn, source, chain_id=chain_id, checkpoint=checkpoint,
+                                    reorg_window=settings.reorg_window)
+    concurrent_last = min(backfill.to_block, settled)
+    if backfill.from_block <= concurrent_last:
+        await _replay_ranges(conn, settings, source, backfill, None, stop,
+                             first=backfill.from_block, last=concurrent_last, concurrent=True,
+                             watch=watch)
+    rest = max(backfill.from_block, concurrent_last + 1)
+    if rest <= backfill.to_block and not backfill.interrupted:
+        if await try_writer_lock(conn, chain_id):
+            await _replay_ranges(conn, settings, source, backfill, None, stop, first=rest,
+                                 last=backfill.to_block, concurrent=False, watch=watch)
+        else:
+            log.warning("children's logs in the live indexer's window were not backfilled: "
+                        "replay these blocks again once they have settled", chain_id=chain_id,
+                        first=rest, last=backfill.to_block, children=len(children))
     result.logs_added += backfill.logs_added
     result.events_invalidated += backfill.events_invalidated
     result.divergent_blocks += backfill.divergent_blocks
@@ -193,25 +288,27 @@ async def _backfill_children(conn: asyncpg.Connection, settings: IngestSettings,
 
 async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, source: ChainSource,
                          result: ReplayResult, progress: ProgressCallback | None,
-                         stop: asyncio.Event, watch: ChildWatch | None = None) -> None:
+                         stop: asyncio.Event, *, first: int, last: int, concurrent: bool,
+                         watch: ChildWatch | None = None) -> None:
+    """Replay ``[first, last]`` range by range (one transaction each); ``concurrent``: events
+    only, never the checkpoint or ``blocks`` (a live indexer owns those)."""
     fetcher = RangeFetcher(source, RangeSizer(settings.max_block_range),
                            addresses=settings.address_filter, metrics=IngestMetrics(registry=None),
                            chain_id=result.chain_id)
 
-    def fetch(first: int) -> Awaitable[Batch]:
+    def fetch(start: int) -> Awaitable[Batch]:
         if watch is None:
-            return fetcher.fetch(first, result.to_block)
-        return fetch_with_children(fetcher, watch, first, result.to_block)
+            return fetcher.fetch(start, last)
+        return fetch_with_children(fetcher, watch, start, last)
 
     keep_blocks = settings.reorg_window + BLOCKS_MARGIN
     total = result.to_block - result.from_block + 1
-    first = result.from_block
     previous: Batch | None = None
     # The next range is fetched while the current one is written, as the indexer does: the
     # node's round trip and the parsing overlap the database's (half the wall time otherwise).
     pending: asyncio.Future[Batch] | None = None
     try:
-        while first <= result.to_block:
+        while first <= last:
             if stop.is_set():
                 result.interrupted = True
                 return
@@ -224,13 +321,13 @@ async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, sou
                          chain_id=result.chain_id, first=previous.first)
                 first, previous = previous.first, None
                 continue
-            if batch.last < result.to_block:
+            if batch.last < last:
                 pending = asyncio.ensure_future(fetch(batch.last + 1))
             if result.dry_run:
                 await _plan_range(conn, result, batch)
             else:
                 async with conn.transaction():
-                    await _write_range(conn, result, batch, keep_blocks)
+                    await _write_range(conn, result, batch, keep_blocks, concurrent=concurrent)
             result.blocks = batch.last - result.from_block + 1
             result.last_block = batch.last
             if progress is not None:
@@ -278,7 +375,7 @@ async def _plan_range(conn: asyncpg.Connection, result: ReplayResult, batch: Bat
 
 
 async def _write_range(conn: asyncpg.Connection, result: ReplayResult, batch: Batch,
-                       keep_blocks: int) -> None:
+                       keep_blocks: int, *, concurrent: bool) -> None:
     chain_id = result.chain_id
     divergent = await _divergent(conn, chain_id, batch)
     if divergent:
@@ -304,6 +401,8 @@ async def _write_range(conn: asyncpg.Connection, result: ReplayResult, batch: Ba
                     events_invalidated=invalidated)
     result.logs_added += await insert_events(conn, chain_id=chain_id, headers=batch.headers,
                                              logs=batch.logs)
+    if concurrent:
+        return  # the checkpoint and blocks rows are the live indexer's
 
     checkpoint = await load_checkpoint(conn, chain_id)
     if checkpoint is None:

@@ -20,7 +20,14 @@ import asyncpg
 import redis
 import structlog
 
-from core.queue import delivery_queue, enqueue_deliveries
+from core.queue import (
+    JOB_BATCH_SIZE,
+    QUEUE_NAME,
+    REPLAY_JOB_BATCH_SIZE,
+    REPLAY_QUEUE_NAME,
+    enqueue_deliveries,
+    worker_queues,
+)
 from processor import metrics
 
 log = structlog.get_logger(__name__)
@@ -109,8 +116,10 @@ async def insert_deferred(conn: asyncpg.Connection, *, chain_id: int, action_ids
     metrics.DEFERRED_CREATED.inc(len(event_ids))
 
 
-async def push(redis_client: redis.Redis, delivery_ids: Sequence[int]) -> bool:
-    """Enqueue jobs for ``delivery_ids``; ``False`` (logged) when Redis is unreachable."""
+async def push(redis_client: redis.Redis, delivery_ids: Sequence[int], *,
+               queue_name: str = QUEUE_NAME) -> bool:
+    """Enqueue jobs for ``delivery_ids`` (on ``queue_name``); ``False`` (logged) when Redis is
+    unreachable."""
     if not delivery_ids:
         return True
     try:
@@ -118,7 +127,9 @@ async def push(redis_client: redis.Redis, delivery_ids: Sequence[int]) -> bool:
         # a millisecond, and a thread hop costs about as much again (more on a busy machine).
         # A dead Redis blocks for at most the client's connect timeout, and the service then
         # stops trying for a while (Processor._enqueue).
-        enqueue_deliveries(redis_client, delivery_ids)
+        enqueue_deliveries(redis_client, delivery_ids, queue_name=queue_name,
+                           batch_size=REPLAY_JOB_BATCH_SIZE if queue_name == REPLAY_QUEUE_NAME
+                           else JOB_BATCH_SIZE)
     except redis.RedisError as error:
         log.warning("redis unavailable, deliveries stay pending", deliveries=len(delivery_ids),
                     error=str(error))
@@ -128,13 +139,15 @@ async def push(redis_client: redis.Redis, delivery_ids: Sequence[int]) -> bool:
 
 async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
                           delivery_ids: Sequence[int],
-                          committed_at: Sequence[datetime | None] = ()) -> bool:
+                          committed_at: Sequence[datetime | None] = (), *,
+                          queue_name: str = QUEUE_NAME) -> bool:
     """After commit: enqueue freshly created deliveries and mark them ``queued``; ``False`` when
     Redis failed (they stay ``pending`` for the sweep). ``committed_at`` (per id, optional) feeds the
-    commit → enqueue latency histogram."""
+    commit → enqueue latency histogram. ``queue_name``: ``core.queue.REPLAY_QUEUE_NAME`` for a
+    refire's deliveries (behind live ones)."""
     if not delivery_ids:
         return True
-    if not await push(redis_client, delivery_ids):
+    if not await push(redis_client, delivery_ids, queue_name=queue_name):
         return False
     now = time.time()
     for moment in committed_at:
@@ -148,9 +161,11 @@ async def enqueue_created(pool: asyncpg.Pool, redis_client: redis.Redis,
 
 
 async def _queue_backlog(redis_client: redis.Redis) -> int | None:
-    """Jobs waiting in the delivery queue, or ``None`` when Redis is unreachable."""
+    """Jobs waiting in the delivery queues (live and replay), or ``None`` when Redis is
+    unreachable."""
     try:
-        return int(await asyncio.to_thread(lambda: delivery_queue(redis_client).count))
+        return int(await asyncio.to_thread(
+            lambda: sum(queue.count for queue in worker_queues(redis_client))))
     except redis.RedisError:
         return None
 

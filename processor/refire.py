@@ -15,6 +15,7 @@ import asyncpg
 import redis
 
 from core.factories import register_factories
+from core.queue import REPLAY_QUEUE_NAME
 from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
 from processor.outbox import enqueue_created, insert_deferred, insert_deliveries
@@ -107,7 +108,9 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
             entry.deliveries += count
             report.deliveries += count
     if report.delivery_ids and redis_client is not None and pool is not None:
-        await enqueue_created(pool, redis_client, report.delivery_ids)
+        # On the replay queue: workers take it only when no live delivery waits.
+        await enqueue_created(pool, redis_client, report.delivery_ids,
+                              queue_name=REPLAY_QUEUE_NAME)
     return report
 
 

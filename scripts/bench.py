@@ -1,5 +1,5 @@
 """Benchmarks (never timed tests): ``python scripts/bench.py
-{ingest,processor,deliver,latency,replay,recovery,retention,all} [--json] [--backend plain|timescale|both]``.
+{ingest,processor,deliver,latency,replay,recovery,retention,backtest,refire,all} [--json] [--backend plain|timescale|both]``.
 
 Each subcommand starts what it needs (anvil devnet, a throwaway database or cluster, a
 redis-server of its own), runs the services' real code paths and a raw baseline on the same data
@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.benchmarks.report import Figure, markdown_table  # noqa: E402
 
-SUBCOMMANDS = ("ingest", "processor", "deliver", "latency", "replay", "recovery", "retention")
+SUBCOMMANDS = ("ingest", "processor", "deliver", "latency", "replay", "recovery", "retention",
+               "backtest", "refire")
 
 
 def _command_output(*argv: str) -> str | None:

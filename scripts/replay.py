@@ -13,9 +13,11 @@ trigger's history; they are sent with ``"replay": true``. Running it twice fires
 ``--dry-run`` reads the chain and the database and prints what would happen — blocks, logs to
 add, events to invalidate, deliveries per trigger — and writes nothing (no lock taken).
 
-The writer lock: replay writes under the chain's single-writer lock, like the indexer. While a
-live indexer for the chain holds it, replay waits and says so; stop the indexer (SIGTERM: it
-commits its current range and exits), let the replay run, start the indexer again.
+Alongside a live indexer: nothing is stopped. Blocks the indexer never writes again (below its
+checkpoint minus ``REORG_WINDOW``, or finalized) are replayed while it runs; the rest of the range
+(its reorg window, and anything above its checkpoint) is left to it and the summary says which
+blocks those are. With no indexer running, replay writes the whole range itself
+(``ingest.replay`` explains the split).
 
 Ctrl-C: the current range commits and the replay stops; run the same command again to resume
 where it stopped (``--restart`` starts over; either way is correct, replay is idempotent). A
@@ -101,6 +103,10 @@ class Summary:
     events_invalidated: int = 0
     divergent_blocks: list[int] = field(default_factory=list)
     checkpoint: int | None = None
+    # Replayed alongside the live indexer up to this block; blocks from left_to_indexer on were
+    # its own (reorg window, above the checkpoint) and not replayed.
+    settled_through: int | None = None
+    left_to_indexer: int | None = None
     refire_events: int = 0
     # trigger name → deliveries: from the logs the replay adds / from --refire (history).
     new_log_deliveries: dict[str, int] = field(default_factory=dict)
@@ -203,6 +209,8 @@ class ReplayCommand:
                               on_wait=lambda pid: self._on_wait(progress, task, pid),
                               stop=self.stop)
         self._merge(summary, result, done_before)
+        if result.left_to_indexer is not None:
+            progress.update(task, description="replay (the rest is the live indexer's)")
         # No log to add means no delivery from new logs: skip the lookup (the common dry run
         # over a complete range, where every recorded candidate is stored already).
         if self.args.dry_run and isinstance(source, RecordingSource) and registry is not None \
@@ -233,10 +241,10 @@ class ReplayCommand:
             self._waiting_since = now
             holder = f" (database session pid {holder_pid})" if holder_pid else ""
             progress.console.print(
-                f"[yellow]waiting for chain {self.args.chain_id}'s writer lock: an indexer is "
-                f"running{holder}. Stop it (SIGTERM) and the replay proceeds; start it again "
-                "afterwards. Ctrl-C to abort.[/]")
-        progress.update(task, description=f"waiting for the writer lock "
+                f"[yellow]waiting for chain {self.args.chain_id}'s first checkpoint: an indexer "
+                f"is starting{holder} and has stored nothing yet. The replay proceeds as soon "
+                "as it has. Ctrl-C to abort.[/]")
+        progress.update(task, description=f"waiting for the first checkpoint "
                                           f"({now - self._waiting_since:.0f}s)")
 
     @staticmethod
@@ -247,6 +255,8 @@ class ReplayCommand:
         summary.divergent_blocks = result.divergent_blocks
         summary.checkpoint = result.checkpoint
         summary.interrupted = result.interrupted
+        summary.settled_through = result.settled_through
+        summary.left_to_indexer = result.left_to_indexer
 
     # ------------------------------------------------------------------ phase 2: refire
 
@@ -330,6 +340,11 @@ def render(summary: Summary, console: Console) -> None:
         table.add_row("divergent blocks (reorg)", shown + more)
     if summary.checkpoint is not None:
         table.add_row("checkpoint now", f"{summary.checkpoint:,}")
+    if summary.settled_through is not None:
+        table.add_row("replayed alongside the indexer", f"..{summary.settled_through:,}")
+    if summary.left_to_indexer is not None:
+        table.add_row("left to the live indexer",
+                      f"{summary.left_to_indexer:,}..{summary.to_block:,}")
     if summary.refire:
         table.add_row("events re-evaluated (refire)", f"{summary.refire_events:,}")
     table.add_row("seconds", f"{summary.seconds:,.1f}")
@@ -360,6 +375,11 @@ def render(summary: Summary, console: Console) -> None:
     if summary.refire_enqueued is False:
         console.print("[yellow]Redis was unreachable: the refired deliveries stay pending; a "
                       "running processor enqueues them.[/]")
+    if summary.left_to_indexer is not None:
+        console.print(f"blocks {summary.left_to_indexer:,}..{summary.to_block:,} are the live "
+                      "indexer's (its reorg window, or above its checkpoint): it ingests and "
+                      "re-checks them itself, so they were not replayed. Once they are more than "
+                      "REORG_WINDOW blocks deep, replay them like any other range if needed.")
     if summary.interrupted:
         console.print("[yellow]interrupted: run the same command again to resume.[/]")
 
@@ -369,9 +389,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python scripts/replay.py",
         description="Re-ingest a block range from the chain (the indexer's code path); "
                     "optionally fire a new trigger's history (--refire).",
-        epilog="While an indexer for the chain runs, replay waits for its writer lock: stop the "
-               "indexer, replay, start it again. Ctrl-C stops after the current range; the same "
-               "command resumes. See docs/operations.md.")
+        epilog="Runs alongside a live indexer: nothing needs stopping. Blocks in the indexer's "
+               "reorg window or above its checkpoint are left to it (the summary says which). "
+               "Ctrl-C stops after the current range; the same command resumes. See "
+               "docs/operations.md.")
     parser.add_argument("--chain-id", type=int, required=True,
                         help="the chain to replay; the node at RPC_URL must report it")
     parser.add_argument("--from-block", type=int, required=True)

@@ -27,7 +27,7 @@ from core import db
 from core.errors import ConfigError
 from core.logging import configure_logging
 from core.metrics import serve_metrics
-from core.queue import delivery_queue
+from core.queue import delivery_queue, worker_queues
 from core.redact import redact_urls_in
 from core.settings import WorkerSettings, load_settings
 from workers import runtime
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("webhook secrets are sealed", key_id=keyring.current_id,
                  accepted_key_ids=list(keyring.key_ids))
     runtime.configure(settings, redis_client=redis_client)
-    worker = DeliveryWorker([delivery_queue(redis_client)], connection=redis_client)
+    # Live deliveries first; a refire's history only when no live job waits.
+    worker = DeliveryWorker(worker_queues(redis_client), connection=redis_client)
     log.info("worker starting", burst=args.burst, batch_size=settings.worker_batch_size,
              allow_private=settings.webhook_allow_private)
     # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.

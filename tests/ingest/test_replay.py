@@ -116,7 +116,7 @@ async def test_checkpoint_never_moves_back_and_moves_forward_only_contiguously(
     assert set(await stored_logs(plain_db_url)) == chain_logs(anvil)
 
 
-async def test_replay_waits_for_the_writer_lock_and_resumes_after_a_stop(
+async def test_replay_waits_for_a_starting_indexers_first_checkpoint_and_resumes_after_a_stop(
         plain_db_url: str, anvil: Anvil, emitter: Contract) -> None:
     emit_blocks(emitter, 12, 3)
     settings = ingest_settings(plain_db_url, anvil.url, max_block_range=2)

@@ -13,7 +13,7 @@ from rq import Queue
 from structlog.testing import capture_logs
 
 from core.db import connect
-from core.queue import QUEUE_NAME
+from core.queue import QUEUE_NAME, REPLAY_QUEUE_NAME, enqueue_deliveries, worker_queues
 from processor.batches import LOAD_EVENTS
 from processor.refire import refire
 from tests.processor.conftest import Harness
@@ -34,11 +34,11 @@ from tests.processor.helpers import (
 WHALE = {"all": [{"field": "value", "op": "gte", "value": "1000"}]}
 
 
-def queued_ids(redis_url: str) -> list[int]:
+def queued_ids(redis_url: str, queue_name: str = QUEUE_NAME) -> list[int]:
     client = redis.Redis.from_url(redis_url)
     try:
         ids: list[int] = []
-        for job in Queue(QUEUE_NAME, connection=client).jobs:
+        for job in Queue(queue_name, connection=client).jobs:
             ids += job.args[0]
         return sorted(ids)
     finally:
@@ -214,6 +214,9 @@ async def test_refire_fires_only_pairs_never_delivered(db_url: str, redis_url: s
         report = await refire(conn, chain_id=31337, from_block=30, to_block=35, dry_run=False,
                               redis_client=harness.processor.redis, pool=harness.processor.pool)
         assert report.deliveries == 12 and report.events == 6
+        # History waits on the replay queue, behind live deliveries, never on the live one.
+        assert queued_ids(redis_url, REPLAY_QUEUE_NAME) == sorted(report.delivery_ids)
+        assert not set(queued_ids(redis_url)) & set(report.delivery_ids)
         # Deep enough (block + 8 <= 40): 30, 31, 32 fire now; 33..35 wait for confirmations.
         fired = await conn.fetch("""SELECT e.block_number, d.replay FROM deliveries d
                                     JOIN events e ON e.id = d.event_id WHERE d.trigger_id = $1
@@ -348,3 +351,18 @@ async def test_sweep_enqueues_pending_rows_and_lost_jobs(db_url: str, redis_url:
     finally:
         await conn.close()
 
+
+
+def test_workers_take_live_deliveries_before_a_refires_history(redis_url: str) -> None:
+    """The order RQ's worker dequeues in (``Queue.dequeue_any`` over its queues): a live job
+    enqueued after thousands of history jobs is still the next one taken."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        enqueue_deliveries(client, list(range(1, 2001)), queue_name=REPLAY_QUEUE_NAME)
+        enqueue_deliveries(client, [5000])
+        job, queue = Queue.dequeue_any(worker_queues(client), None, connection=client)
+        assert queue.name == QUEUE_NAME and job.args[0] == [5000]
+        job, queue = Queue.dequeue_any(worker_queues(client), None, connection=client)
+        assert queue.name == REPLAY_QUEUE_NAME and job.args[0] == list(range(1, 201))
+    finally:
+        client.close()
