@@ -107,6 +107,8 @@ class IngestSettings(BaseServiceSettings):
     max_block_range: int = Field(default=2000, ge=1)
     reorg_window: int = Field(default=128, ge=1)
     rpc_timeout: float = Field(default=20.0, gt=0)
+    # The largest JSON-RPC reply read, in MiB: bounds memory (docs/ingest.md, "Memory").
+    rpc_max_response_mb: int = Field(default=32, ge=1)
     # Ingest only these contracts (comma separated); empty = every log of every block.
     ingest_addresses: str = ""
 
@@ -143,6 +145,10 @@ class IngestSettings(BaseServiceSettings):
                 raise ValueError("RPC_URL and RPC_URLS are both set and differ; set one of them")
             self.rpc_url = self.rpc_urls
         return self
+
+    @property
+    def rpc_max_response_bytes(self) -> int:
+        return self.rpc_max_response_mb << 20
 
     @property
     def rpc_endpoints(self) -> list[str]:

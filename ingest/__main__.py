@@ -24,7 +24,8 @@ async def _main(stop: asyncio.Event) -> None:
     metrics = IngestMetrics()
     serve_metrics(settings.metrics_port)
     async with EndpointPool(settings.rpc_endpoints, timeout=settings.rpc_timeout,
-                            metrics=metrics) as source:
+                            metrics=metrics,
+                            max_response_bytes=settings.rpc_max_response_bytes) as source:
         await Indexer(settings, source, metrics=metrics).run(stop)
 
 
