@@ -159,7 +159,10 @@ async def _take_writer_lock(conn: asyncpg.Connection, chain_id: int, on_wait: Wa
 async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, source: ChainSource,
                          result: ReplayResult, progress: ProgressCallback | None,
                          stop: asyncio.Event) -> None:
-    fetcher = RangeFetcher(source, RangeSizer(settings.max_block_range),
+    # Replay starts at MAX_BLOCK_RANGE (the range the operator asked for is usually stored in
+    # one transaction); RPC_MAX_RESPONSE_MB still halves a range too dense to read.
+    sizer = RangeSizer(settings.max_block_range, initial=settings.max_block_range)
+    fetcher = RangeFetcher(source, sizer,
                            addresses=settings.address_filter, metrics=IngestMetrics(registry=None),
                            chain_id=result.chain_id)
     keep_blocks = settings.reorg_window + BLOCKS_MARGIN
