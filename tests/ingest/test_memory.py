@@ -4,21 +4,28 @@ before it is read whole."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+from web3.contract import Contract
 
 from core.errors import RpcRangeTooLarge
 from ingest.rpc import JsonRpcClient, RpcReplyTooLarge
 from tests.ingest.conftest import (
     IngestProcess,
     chain_logs,
+    checkpoint_of,
     emit_blocks,
     fetch,
+    ingest_settings,
+    running_indexer,
     stored_logs,
     wait_for_checkpoint,
+    wait_until,
 )
 from tests.support.anvil import Anvil
 from tests.support.contracts import deploy, web3_for
@@ -110,4 +117,36 @@ async def test_python_m_ingest_rides_out_huge_replies_with_a_clear_error(
         stored = await stored_logs(db_url)
         assert len(stored) == len(set(stored)) and set(stored) == chain_logs(anvil)
     finally:
+        proxy.close()
+
+
+async def test_the_next_range_is_fetched_while_one_is_written_and_no_further(
+        db_url: str, anvil: Anvil, emitter: Contract) -> None:
+    """Fetching overlaps writing, one range ahead (what keeps memory to two ranges): while the
+    first range's transaction is held up in the database, the second range is fetched, the third
+    is not, and nothing is committed; released, every range commits in order."""
+    emit_blocks(emitter, 12, 30)
+    proxy = RpcProxy(anvil.url)
+    proxy.limit_log_range(10_000)  # never refuses; records the ranges asked
+    blocker = await asyncpg.connect(db_url)
+    try:
+        blocked = blocker.transaction()
+        await blocked.start()
+        await blocker.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")  # the range statement waits
+        async with running_indexer(ingest_settings(db_url, proxy.url)) as indexer:
+            async def second_range_asked() -> bool:
+                return len(proxy.log_ranges) >= 2
+            await wait_until(second_range_asked, within=30, what="the second range's eth_getLogs")
+            await asyncio.sleep(0.5)  # time enough to ask for a third, if it were going to
+            assert proxy.log_ranges == [(0, 0), (1, 4)]  # one block, then slow start's 4
+            assert await checkpoint_of(db_url) is None
+            await blocked.rollback()
+            await wait_for_checkpoint(db_url, anvil, within=30)
+            assert indexer.metrics.logs._value.get() == 12 * 30
+        stored = await stored_logs(db_url)
+        assert len(stored) == len(set(stored)) and set(stored) == chain_logs(anvil)
+        ids = await fetch(db_url, "SELECT block_number, log_index FROM events ORDER BY id")
+        assert [tuple(row) for row in ids] == sorted(tuple(row) for row in ids)  # chain order
+    finally:
+        await blocker.close()
         proxy.close()
