@@ -10,14 +10,18 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.crypto import Keyring, parse_keys
 from core.redact import redact_url, redact_urls_in
+
+if TYPE_CHECKING:
+    # Imported where used: `cryptography` is ~40 ms of start-up that only the services holding
+    # webhook secrets need (not ingest).
+    from core.crypto import Keyring
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
 
@@ -259,6 +263,8 @@ class EncryptionSettings(BaseServiceSettings):
     @classmethod
     def _keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip():
+            from core.crypto import parse_keys
+
             parse_keys(value.get_secret_value())  # ValueError names the position, not the key
             return value
         return None
@@ -272,6 +278,8 @@ class EncryptionSettings(BaseServiceSettings):
             text = value.read_text()
         except OSError as error:
             raise ValueError(f"cannot read {value}: {error.strerror or error}") from None
+        from core.crypto import parse_keys
+
         parse_keys(text)
         return value
 
@@ -284,6 +292,8 @@ class EncryptionSettings(BaseServiceSettings):
 
     def keyring(self) -> Keyring | None:
         """The configured keyring, or ``None`` when no key is set."""
+        from core.crypto import Keyring
+
         if self.blockhook_encryption_key is not None:
             return Keyring.from_text(self.blockhook_encryption_key.get_secret_value())
         if self.blockhook_encryption_key_file is not None:
