@@ -326,29 +326,34 @@ class JsonRpcClient:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             if status >= 400:
-                raise RpcUnavailable(f"{method}: HTTP {status}: {bytes(body[:120])!r}") from None
-            raise RpcBadResponse(f"{method}: not JSON (HTTP {status}): {bytes(body[:120])!r}") from None
+                raise RpcUnavailable(f"{method}: HTTP {status}: {body[:120]!r}") from None
+            raise RpcBadResponse(f"{method}: not JSON (HTTP {status}): {body[:120]!r}") from None
 
-    async def _read(self, response: aiohttp.ClientResponse, method: str, span: int) -> bytearray:
-        """The body, read in chunks up to ``max_response_bytes`` (decompressed size: a gzip bomb
-        is stopped too). Over it: ``RpcRangeTooLarge`` for a range of ``span`` > 1 blocks (the
-        fetcher halves it), :class:`RpcReplyTooLarge` otherwise."""
+    async def _read(self, response: aiohttp.ClientResponse, method: str, span: int) -> bytes:
+        """The body, up to ``max_response_bytes`` (decompressed size: a gzip bomb is stopped
+        too); a body of unknown length is read in chunks and stopped there. Over it:
+        ``RpcRangeTooLarge`` for a range of ``span`` > 1 blocks (the fetcher halves it),
+        :class:`RpcReplyTooLarge` otherwise."""
         limit = self.max_response_bytes
         declared = response.content_length
-        body = bytearray()
+        if declared is not None and declared <= limit and "Content-Encoding" not in response.headers:
+            return await response.read()  # aiohttp stops at the declared length
         if declared is None or declared <= limit:
-            async for chunk in response.content.iter_chunked(1 << 20):
-                body += chunk
-                if len(body) > limit:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_any():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
                     break
             else:
-                return body
-        size = f"{declared:,} bytes" if declared is not None and declared > limit else \
+                return b"".join(chunks)
+        told = f"{declared:,} bytes" if declared is not None and declared > limit else \
             f"more than {limit:,} bytes"
         if span > 1:
-            raise RpcRangeTooLarge(f"{method}: reply of {size} for {span} blocks exceeds "
+            raise RpcRangeTooLarge(f"{method}: reply of {told} for {span} blocks exceeds "
                                    f"RPC_MAX_RESPONSE_MB ({limit / MIB:g} MiB)")
-        raise RpcReplyTooLarge(f"{method}: reply of {size} exceeds RPC_MAX_RESPONSE_MB "
+        raise RpcReplyTooLarge(f"{method}: reply of {told} exceeds RPC_MAX_RESPONSE_MB "
                                f"({limit / MIB:g} MiB), not read further; raise it only if one "
                                "block's logs are really that large")
 

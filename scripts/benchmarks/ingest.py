@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.logging import configure_logging  # noqa: E402
 from core.settings import IngestSettings  # noqa: E402
+from ingest.__main__ import tune_gc  # noqa: E402
 from ingest.endpoints import EndpointPool  # noqa: E402
 from ingest.poller import Indexer  # noqa: E402
 from ingest.rpc import JsonRpcClient  # noqa: E402
@@ -362,6 +363,9 @@ async def fetch_raw(rpc_url: str, head: int) -> float:
 
 def run(backend: str = "both") -> list[Figure]:
     configure_logging(level="WARNING")
+    # As python -m ingest does at start; the raw loop runs in this process too, so it gets the
+    # same collector settings (a process-wide knob is no advantage of the indexer's).
+    tune_gc()
     figures = [Figure("ingest start-up to first request (python -m ingest)", startup_seconds(), "s",
                       higher_is_better=False, note="median of 7: interpreter, imports, settings, "
                       "logging, metrics endpoint, first eth_chainId")]
