@@ -34,7 +34,7 @@ import email.utils
 import itertools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -375,22 +375,27 @@ class JsonRpcClient:
         return reply["result"]
 
     async def batch(self, method: str, params_list: Sequence[Sequence[Any]], *,
-                    item_errors: bool = False, lowercase: bool = False) -> list[Any]:
+                    item_errors: bool = False, lowercase: bool = False,
+                    parse: Callable[[Any], Any] | None = None) -> list[Any]:
         """Many calls of one method, batched; results in the order of ``params_list``. A call
         the node answered with an error raises it, or with ``item_errors`` takes its place in
         the list as the classified exception (a load balancer may route each call of a batch to
-        another node: one failed call says nothing about the others)."""
+        another node: one failed call says nothing about the others). ``parse`` turns each result
+        as its HTTP reply arrives, so a reply's JSON is dropped before the next one is parsed
+        (a header batch of mainnet blocks carries every transaction hash)."""
         chunks = [params_list[i:i + self.batch_limit]
                   for i in range(0, len(params_list), self.batch_limit)]
         if len(chunks) == 1:
             return await self._batch_once(method, chunks[0], item_errors=item_errors,
-                                          lowercase=lowercase)
+                                          lowercase=lowercase, parse=parse)
         parts = await asyncio.gather(*(self._batch_once(method, chunk, item_errors=item_errors,
-                                                        lowercase=lowercase) for chunk in chunks))
+                                                        lowercase=lowercase, parse=parse)
+                                       for chunk in chunks))
         return [result for part in parts for result in part]
 
     async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]], *,
-                          item_errors: bool = False, lowercase: bool = False) -> list[Any]:
+                          item_errors: bool = False, lowercase: bool = False,
+                          parse: Callable[[Any], Any] | None = None) -> list[Any]:
         if not params_list:
             return []
         first_id = next(self._ids)
@@ -411,7 +416,7 @@ class JsonRpcClient:
                     raise classify_rpc_error(method, item["error"])
                 by_id[item.get("id")] = classify_rpc_error(method, item["error"])
                 continue
-            by_id[item.get("id")] = item.get("result")
+            by_id[item.get("id")] = item.get("result") if parse is None else parse(item.get("result"))
         try:
             return [by_id[i] for i in ids]
         except KeyError:
@@ -435,8 +440,8 @@ class JsonRpcClient:
         return parse_header(await self.call("eth_getBlockByNumber", [tag, False]))
 
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
-        results = await self.batch("eth_getBlockByNumber", [(hex(n), False) for n in numbers])
-        headers = [parse_header(raw) for raw in results]
+        headers: list[Header | None] = await self.batch(
+            "eth_getBlockByNumber", [(hex(n), False) for n in numbers], parse=parse_header)
         for number, header in zip(numbers, headers, strict=True):
             if header is not None and header.number != number:
                 raise RpcBadResponse(f"eth_getBlockByNumber: asked {number}, got {header.number}")
