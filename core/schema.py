@@ -49,6 +49,7 @@ from core.channels import (  # noqa: F401
     CHANNEL_SECRETS,
     CHANNEL_TRIGGERS,
 )
+from core.event_keys import EVENTS_CONFLICT_TARGET  # noqa: F401 - re-exported beside its index
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -100,8 +101,7 @@ events = Table(
     Index(None, "chain_id", "block_number"),
 )
 
-# ON CONFLICT target matching ``uq_events_log`` (the predicate is part of the inference).
-EVENTS_CONFLICT_TARGET = "(chain_id, block_hash, log_index, block_time) WHERE NOT invalidated"
+# ON CONFLICT target matching ``uq_events_log``: ``core.event_keys.EVENTS_CONFLICT_TARGET``.
 
 blocks = Table(
     "blocks",

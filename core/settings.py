@@ -10,14 +10,18 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.crypto import Keyring, parse_keys
 from core.redact import redact_url, redact_urls_in
+
+if TYPE_CHECKING:
+    # Imported where used: `cryptography` is ~40 ms of start-up that only the services holding
+    # webhook secrets need (not ingest).
+    from core.crypto import Keyring
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
 
@@ -107,6 +111,8 @@ class IngestSettings(BaseServiceSettings):
     max_block_range: int = Field(default=2000, ge=1)
     reorg_window: int = Field(default=128, ge=1)
     rpc_timeout: float = Field(default=20.0, gt=0)
+    # The largest JSON-RPC reply read, in MiB: bounds memory (docs/ingest.md, "Memory").
+    rpc_max_response_mb: int = Field(default=32, ge=1)
     # Ingest only these contracts (comma separated); empty = every log of every block.
     ingest_addresses: str = ""
 
@@ -143,6 +149,10 @@ class IngestSettings(BaseServiceSettings):
                 raise ValueError("RPC_URL and RPC_URLS are both set and differ; set one of them")
             self.rpc_url = self.rpc_urls
         return self
+
+    @property
+    def rpc_max_response_bytes(self) -> int:
+        return self.rpc_max_response_mb << 20
 
     @property
     def rpc_endpoints(self) -> list[str]:
@@ -253,6 +263,8 @@ class EncryptionSettings(BaseServiceSettings):
     @classmethod
     def _keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip():
+            from core.crypto import parse_keys
+
             parse_keys(value.get_secret_value())  # ValueError names the position, not the key
             return value
         return None
@@ -266,6 +278,8 @@ class EncryptionSettings(BaseServiceSettings):
             text = value.read_text()
         except OSError as error:
             raise ValueError(f"cannot read {value}: {error.strerror or error}") from None
+        from core.crypto import parse_keys
+
         parse_keys(text)
         return value
 
@@ -278,6 +292,8 @@ class EncryptionSettings(BaseServiceSettings):
 
     def keyring(self) -> Keyring | None:
         """The configured keyring, or ``None`` when no key is set."""
+        from core.crypto import Keyring
+
         if self.blockhook_encryption_key is not None:
             return Keyring.from_text(self.blockhook_encryption_key.get_secret_value())
         if self.blockhook_encryption_key_file is not None:

@@ -41,7 +41,7 @@ from core.backoff import backoff_delay
 from core.errors import ConfigError, RpcBadResponse, RpcRangeTooLarge, RpcUnavailable
 from core.redact import redact_url, redact_urls_in
 from ingest.metrics import IngestMetrics, error_kind
-from ingest.rpc import BlockNotSeen, Header, JsonRpcClient, Log
+from ingest.rpc import DEFAULT_MAX_RESPONSE_BYTES, BlockNotSeen, Header, JsonRpcClient, Log
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +135,7 @@ class EndpointPool:
     urls: Sequence[str]
     timeout: float = 20.0
     metrics: IngestMetrics | None = None
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     endpoints: list[Endpoint] = field(init=False)
     expected_chain_id: int | None = None
     best_head: int | None = None
@@ -145,7 +146,8 @@ class EndpointPool:
         labels = [redact_url(url) for url in self.urls]
         self.endpoints = [
             Endpoint(position, label if labels.count(label) == 1 else f"{label} #{position + 1}",
-                     JsonRpcClient(url, timeout=self.timeout))
+                     JsonRpcClient(url, timeout=self.timeout,
+                                   max_response_bytes=self.max_response_bytes))
             for position, (url, label) in enumerate(zip(self.urls, labels, strict=True))]
         # eth_blockNumber calls still running after head() returned, by endpoint position: an
         # endpoint that hangs gets no second one until the first ends (or times out).

@@ -292,7 +292,10 @@ async def _replay_ranges(conn: asyncpg.Connection, settings: IngestSettings, sou
                          watch: ChildWatch | None = None) -> None:
     """Replay ``[first, last]`` range by range (one transaction each); ``concurrent``: events
     only, never the checkpoint or ``blocks`` (a live indexer owns those)."""
-    fetcher = RangeFetcher(source, RangeSizer(settings.max_block_range),
+    # Replay starts at MAX_BLOCK_RANGE (the range the operator asked for is usually stored in
+    # one transaction); RPC_MAX_RESPONSE_MB still halves a range too dense to read.
+    sizer = RangeSizer(settings.max_block_range, initial=settings.max_block_range)
+    fetcher = RangeFetcher(source, sizer,
                            addresses=settings.address_filter, metrics=IngestMetrics(registry=None),
                            chain_id=result.chain_id)
 

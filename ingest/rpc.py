@@ -16,7 +16,10 @@ Every failure is turned into one of ``core.errors``' RPC errors, which say what 
 - ``RpcRangeTooLarge``: provider limit errors for ``eth_getLogs`` (Infura/Alchemy "query
   returned more than 10000 results. Try with this block range [0x…, 0x…]" with ``suggested``,
   "block range too large", "exceed maximum block range", response-size errors, HTTP 413).
-- ``RpcBadResponse``: not JSON, not JSON-RPC, wrong-typed or missing fields, removed logs.
+- ``RpcBadResponse``: not JSON, not JSON-RPC, wrong-typed or missing fields, removed logs;
+  :class:`RpcReplyTooLarge` for a reply over ``max_response_bytes`` (``RPC_MAX_RESPONSE_MB``),
+  which is refused before it is read whole — except for an ``eth_getLogs`` over several blocks,
+  which raises ``RpcRangeTooLarge`` so the range is halved.
 - :class:`RpcNodeError` (an ``RpcUnavailable``): any other JSON-RPC error object the node sent,
   with its code and message; :class:`BlockNotSeen` when it says it does not know the block
   ("unknown block", "block not found": a node that is behind, never a different chain).
@@ -31,7 +34,7 @@ import email.utils
 import itertools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -57,9 +60,19 @@ class RpcNodeError(RpcUnavailable):
         self.node_message = node_message
 
 
+class RpcReplyTooLarge(RpcBadResponse):
+    """A reply larger than ``RPC_MAX_RESPONSE_MB`` (a hostile or broken endpoint, or one block
+    whose logs alone exceed the bound): not read further, so it cannot exhaust memory. Fails
+    over to the next endpoint and is retried with backoff; the message names the setting."""
+
+
 class BlockNotSeen(RpcNodeError):
     """The node does not know the block asked for ("unknown block"): it has not seen it yet."""
 
+
+MIB = 1 << 20
+# The default of RPC_MAX_RESPONSE_MB: the largest reply read (see docs/ingest.md, "Memory").
+DEFAULT_MAX_RESPONSE_BYTES = 32 * MIB
 
 _UNKNOWN_BLOCK_MESSAGES = ("unknown block", "block not found", "header not found",
                            "cannot find block", "could not find block")
@@ -253,11 +266,13 @@ class JsonRpcClient:
     concurrently when there are more.
     """
 
-    def __init__(self, url: str, *, timeout: float = 20.0, batch_limit: int = 200) -> None:
+    def __init__(self, url: str, *, timeout: float = 20.0, batch_limit: int = 200,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.url = url
         self.label = redact_url(url)
         self.timeout = timeout
         self.batch_limit = batch_limit
+        self.max_response_bytes = max_response_bytes
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
 
@@ -283,13 +298,14 @@ class JsonRpcClient:
             await self._session.close()
             self._session = None
 
-    async def _post(self, method: str, payload: bytes, *, lowercase: bool = False) -> Any:
+    async def _post(self, method: str, payload: bytes, *, lowercase: bool = False,
+                    span: int = 0) -> Any:
         session = self._open()
         try:
             async with session.post(self.url, data=payload) as response:
-                body = await response.read()
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                body = await self._read(response, method, span)
         except TimeoutError:
             raise RpcTimeout(f"{method}: no answer within {self.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as error:
@@ -302,21 +318,54 @@ class JsonRpcClient:
             raise RpcRangeTooLarge(f"{method}: HTTP 413 request or response too large")
         if status >= 500:
             raise RpcUnavailable(f"{method}: HTTP {status}", retry_after=retry_after)
-        try:
+        if lowercase:
             # JSON stays valid lowercased (escapes are lowercase letters, hex is either case).
-            return orjson.loads(body.lower() if lowercase else body)
+            # The original goes before parsing: two copies of a large reply are enough.
+            body = body.lower()
+        try:
+            return orjson.loads(body)
         except orjson.JSONDecodeError:
             if status >= 400:
                 raise RpcUnavailable(f"{method}: HTTP {status}: {body[:120]!r}") from None
             raise RpcBadResponse(f"{method}: not JSON (HTTP {status}): {body[:120]!r}") from None
 
-    async def call(self, method: str, params: Sequence[Any] = (), *, lowercase: bool = False) -> Any:
+    async def _read(self, response: aiohttp.ClientResponse, method: str, span: int) -> bytes:
+        """The body, up to ``max_response_bytes`` (decompressed size: a gzip bomb is stopped
+        too); a body of unknown length is read in chunks and stopped there. Over it:
+        ``RpcRangeTooLarge`` for a range of ``span`` > 1 blocks (the fetcher halves it),
+        :class:`RpcReplyTooLarge` otherwise."""
+        limit = self.max_response_bytes
+        declared = response.content_length
+        if declared is not None and declared <= limit and "Content-Encoding" not in response.headers:
+            return await response.read()  # aiohttp stops at the declared length
+        if declared is None or declared <= limit:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_any():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+            else:
+                return b"".join(chunks)
+        told = f"{declared:,} bytes" if declared is not None and declared > limit else \
+            f"more than {limit:,} bytes"
+        if span > 1:
+            raise RpcRangeTooLarge(f"{method}: reply of {told} for {span} blocks exceeds "
+                                   f"RPC_MAX_RESPONSE_MB ({limit / MIB:g} MiB)")
+        raise RpcReplyTooLarge(f"{method}: reply of {told} exceeds RPC_MAX_RESPONSE_MB "
+                               f"({limit / MIB:g} MiB), not read further; raise it only if one "
+                               "block's logs are really that large")
+
+    async def call(self, method: str, params: Sequence[Any] = (), *, lowercase: bool = False,
+                   span: int = 0) -> Any:
         """One call; returns ``result`` (every key and string lowercased with ``lowercase``) or
-        raises the classified error."""
+        raises the classified error. ``span``: the blocks an ``eth_getLogs`` range covers (a
+        reply too large for a range of several is a range error, see :meth:`_read`)."""
         request_id = next(self._ids)
         reply = await self._post(method, orjson.dumps(
             {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}),
-            lowercase=lowercase)
+            lowercase=lowercase, span=span)
         if type(reply) is not dict:
             raise RpcBadResponse(f"{method}: reply is not a JSON-RPC object")
         if "error" in reply:
@@ -326,22 +375,27 @@ class JsonRpcClient:
         return reply["result"]
 
     async def batch(self, method: str, params_list: Sequence[Sequence[Any]], *,
-                    item_errors: bool = False, lowercase: bool = False) -> list[Any]:
+                    item_errors: bool = False, lowercase: bool = False,
+                    parse: Callable[[Any], Any] | None = None) -> list[Any]:
         """Many calls of one method, batched; results in the order of ``params_list``. A call
         the node answered with an error raises it, or with ``item_errors`` takes its place in
         the list as the classified exception (a load balancer may route each call of a batch to
-        another node: one failed call says nothing about the others)."""
+        another node: one failed call says nothing about the others). ``parse`` turns each result
+        as its HTTP reply arrives, so a reply's JSON is dropped before the next one is parsed
+        (a header batch of mainnet blocks carries every transaction hash)."""
         chunks = [params_list[i:i + self.batch_limit]
                   for i in range(0, len(params_list), self.batch_limit)]
         if len(chunks) == 1:
             return await self._batch_once(method, chunks[0], item_errors=item_errors,
-                                          lowercase=lowercase)
+                                          lowercase=lowercase, parse=parse)
         parts = await asyncio.gather(*(self._batch_once(method, chunk, item_errors=item_errors,
-                                                        lowercase=lowercase) for chunk in chunks))
+                                                        lowercase=lowercase, parse=parse)
+                                       for chunk in chunks))
         return [result for part in parts for result in part]
 
     async def _batch_once(self, method: str, params_list: Sequence[Sequence[Any]], *,
-                          item_errors: bool = False, lowercase: bool = False) -> list[Any]:
+                          item_errors: bool = False, lowercase: bool = False,
+                          parse: Callable[[Any], Any] | None = None) -> list[Any]:
         if not params_list:
             return []
         first_id = next(self._ids)
@@ -362,7 +416,7 @@ class JsonRpcClient:
                     raise classify_rpc_error(method, item["error"])
                 by_id[item.get("id")] = classify_rpc_error(method, item["error"])
                 continue
-            by_id[item.get("id")] = item.get("result")
+            by_id[item.get("id")] = item.get("result") if parse is None else parse(item.get("result"))
         try:
             return [by_id[i] for i in ids]
         except KeyError:
@@ -386,8 +440,8 @@ class JsonRpcClient:
         return parse_header(await self.call("eth_getBlockByNumber", [tag, False]))
 
     async def headers(self, numbers: Sequence[int]) -> list[Header | None]:
-        results = await self.batch("eth_getBlockByNumber", [(hex(n), False) for n in numbers])
-        headers = [parse_header(raw) for raw in results]
+        headers: list[Header | None] = await self.batch(
+            "eth_getBlockByNumber", [(hex(n), False) for n in numbers], parse=parse_header)
         for number, header in zip(numbers, headers, strict=True):
             if header is not None and header.number != number:
                 raise RpcBadResponse(f"eth_getBlockByNumber: asked {number}, got {header.number}")
@@ -397,7 +451,8 @@ class JsonRpcClient:
         query: dict[str, object] = {"fromBlock": hex(first), "toBlock": hex(last)}
         if addresses:
             query["address"] = list(addresses)
-        return parse_logs(await self.call("eth_getLogs", [query], lowercase=True))
+        return parse_logs(await self.call("eth_getLogs", [query], lowercase=True,
+                                          span=last - first + 1))
 
     async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
         query: dict[str, object] = {"blockHash": block_hash}

@@ -2,7 +2,7 @@
 
 The caller owns the transaction. Every write is idempotent: events go through a temporary
 staging table (``COPY``) and ``INSERT … SELECT … ON CONFLICT`` on
-``core.schema.EVENTS_CONFLICT_TARGET`` ``DO NOTHING``, so re-ingesting a log changes nothing;
+``core.event_keys.EVENTS_CONFLICT_TARGET`` ``DO NOTHING``, so re-ingesting a log changes nothing;
 blocks are upserted by ``(chain_id, number)``. Blocks, events and the checkpoint of one range
 commit together (:func:`store_range`), so the checkpoint never passes data not stored.
 """
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from core.db import writer_lock_key
-from core.schema import EVENTS_CONFLICT_TARGET
+from core.event_keys import EVENTS_CONFLICT_TARGET
 from ingest.endpoints import EndpointStatus
 from ingest.rpc import Header, Log
 

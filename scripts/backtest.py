@@ -75,7 +75,8 @@ class Backtest:
 
     async def _node(self, chain_id: int) -> EndpointPool:
         if self.node is None:
-            node = EndpointPool(self.settings.rpc_endpoints, timeout=self.settings.rpc_timeout)
+            node = EndpointPool(self.settings.rpc_endpoints, timeout=self.settings.rpc_timeout,
+                                max_response_bytes=self.settings.rpc_max_response_bytes)
             reported = await retry_rpc("eth_chainId", node.chain_id)
             if reported != chain_id:
                 await node.close()

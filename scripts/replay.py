@@ -135,7 +135,8 @@ class ReplayCommand:
 
     async def run(self, progress: Progress) -> Summary:
         started = time.monotonic()
-        async with EndpointPool(self.settings.rpc_endpoints, timeout=self.settings.rpc_timeout) as client:
+        async with EndpointPool(self.settings.rpc_endpoints, timeout=self.settings.rpc_timeout,
+                                max_response_bytes=self.settings.rpc_max_response_bytes) as client:
             node_chain = await retry_rpc("eth_chainId", client.chain_id)
             if node_chain != self.args.chain_id:
                 raise ChainMismatch(f"--chain-id {self.args.chain_id} but the node at "

@@ -23,7 +23,12 @@ pre-created chunks). Each path runs three times per backend, alternating; the be
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,49 +39,45 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import httpx
 import orjson
+from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 from core.logging import configure_logging  # noqa: E402
 from core.settings import IngestSettings  # noqa: E402
+from ingest.__main__ import tune_gc  # noqa: E402
 from ingest.endpoints import EndpointPool  # noqa: E402
 from ingest.poller import Indexer  # noqa: E402
 from ingest.rpc import JsonRpcClient  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
 from tests.support import databases  # noqa: E402
 from tests.support.anvil import Anvil  # noqa: E402
-from tests.support.contracts import deploy, web3_for  # noqa: E402
+from tests.support.http_server import BackgroundHttpServer  # noqa: E402
+from tests.support.log_chain import gas_limit_for, mine_log_blocks  # noqa: E402
 
 BLOCKS = 1_000
 TXS_PER_BLOCK = 4
 LOGS_PER_TX = 50
 RANGE_BLOCKS = 50
+DENSE_BLOCKS = 40
+DENSE_LOGS_PER_BLOCK = 5_000
+DENSE_RAW_RANGE = 2  # blocks: 10,000 logs, the indexer's own range size on this chain
+DEFAULT_MAX_BLOCK_RANGE = 2_000
+RSS_BOUND_MIB = 256
 RUNS = 3
 PRECREATED_CHUNKS = 600
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHAIN_ID = 31337
 
 
-def build_chain() -> tuple[Anvil, int]:
-    """A dense devnet; returns the node and the number of logs on it."""
-    node = Anvil(extra_args=["--gas-limit", "60000000"])
-    w3 = web3_for(node.url)
-    emitter = deploy(w3, "LogEmitter")
-    account = w3.eth.accounts[0]
-    data = emitter.functions.emitMany(LOGS_PER_TX).build_transaction(
-        {"from": account, "gas": 300_000})["data"]
-    node.rpc("evm_setAutomine", False)
-    tx = {"from": account, "to": emitter.address, "data": data, "gas": hex(300_000)}
-    with httpx.Client(timeout=60) as client:
-        for _ in range(BLOCKS):
-            calls = [{"jsonrpc": "2.0", "id": i, "method": "eth_sendTransaction", "params": [tx]}
-                     for i in range(TXS_PER_BLOCK)]
-            calls.append({"jsonrpc": "2.0", "id": 99, "method": "anvil_mine", "params": ["0x1"]})
-            replies = client.post(node.url, json=calls).json()
-            if any("error" in reply for reply in replies):
-                raise RuntimeError(f"chain generation failed: {replies}")
+def build_chain(blocks: int = BLOCKS, txs_per_block: int = TXS_PER_BLOCK,
+                logs_per_tx: int = LOGS_PER_TX) -> tuple[Anvil, int]:
+    """A devnet of ``blocks`` blocks of ``txs_per_block`` × ``logs_per_tx`` logs; returns the
+    node and the number of logs on it."""
+    node = Anvil(extra_args=["--gas-limit", str(gas_limit_for(txs_per_block, logs_per_tx))])
+    mine_log_blocks(node, blocks=blocks, txs_per_block=txs_per_block, logs_per_tx=logs_per_tx)
     logs = len(node.rpc("eth_getLogs", {"fromBlock": "0x0", "toBlock": "latest"}))
     return node, logs
 
@@ -160,9 +161,9 @@ async def _stored(url: str) -> int:
 
 # ------------------------------------------------------------------------------ the indexer
 
-async def run_indexer(url: str, rpc_url: str, head: int) -> float:
+async def run_indexer(url: str, rpc_url: str, head: int, max_block_range: int = RANGE_BLOCKS) -> float:
     settings = IngestSettings(_env_file=None, database_url=url, rpc_url=rpc_url,  # type: ignore[call-arg]
-                              start_block=0, max_block_range=RANGE_BLOCKS, poll_interval=0.01,
+                              start_block=0, max_block_range=max_block_range, poll_interval=0.01,
                               metrics_port=0, log_level="WARNING")
     stop = asyncio.Event()
     from ingest import bloom
@@ -180,6 +181,85 @@ async def run_indexer(url: str, rpc_url: str, head: int) -> float:
         stop.set()
         await task
     return elapsed
+
+
+def run_process(url: str, rpc_url: str, head: int, *, cwd: Path = ROOT,
+                **env: str) -> tuple[float, float]:
+    """``python -m ingest`` from process start until its checkpoint is ``head``: seconds and
+    peak RSS in MiB (``VmHWM``, read before the process is stopped)."""
+    environ = {**os.environ, "DATABASE_URL": url, "RPC_URL": rpc_url, "START_BLOCK": "0",
+               "POLL_INTERVAL": "0.01", "METRICS_PORT": "0", "LOG_LEVEL": "WARNING", **env}
+    environ.pop("CHAIN_ID", None)
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "ingest"], cwd=cwd, env=environ,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(_until_checkpoint(url, head, process))
+        elapsed = time.perf_counter() - started
+        peak = peak_rss_mib(process.pid)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    return elapsed, peak
+
+
+async def _until_checkpoint(url: str, head: int, process: subprocess.Popen[bytes]) -> None:
+    conn = await asyncpg.connect(url)  # while the child starts
+    try:
+        while (await conn.fetchval("SELECT block_number FROM checkpoints WHERE chain_id = $1",
+                                   CHAIN_ID) or -1) < head:
+            if process.poll() is not None:
+                output = process.stderr.read().decode()[-2000:] if process.stderr else ""
+                raise RuntimeError(f"python -m ingest exited {process.returncode}: {output}")
+            await asyncio.sleep(0.005)
+    finally:
+        await conn.close()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+class FirstRequest(BackgroundHttpServer):
+    """Notes when the first JSON-RPC request arrives; answers 503 (the indexer retries)."""
+
+    thread_name = "first-request"
+
+    def __init__(self) -> None:
+        self.arrived: float | None = None
+        self.event = threading.Event()
+        super().__init__()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.arrived is None:
+            self.arrived = time.perf_counter()
+            self.event.set()
+        return web.Response(status=503)
+
+
+def startup_seconds(*, runs: int = 7, cwd: Path = ROOT) -> float:
+    """Median seconds from ``python -m ingest``'s process start to its first JSON-RPC request
+    (interpreter start, imports, settings, logging, metrics endpoint, the session)."""
+    times = []
+    for _ in range(runs):
+        server = FirstRequest()
+        environ = {**os.environ, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+                   "RPC_URL": server.url, "METRICS_PORT": "0", "LOG_LEVEL": "ERROR"}
+        try:
+            started = time.perf_counter()
+            process = subprocess.Popen([sys.executable, "-m", "ingest"], cwd=cwd, env=environ,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if not server.event.wait(30) or server.arrived is None:
+                raise RuntimeError("python -m ingest sent no request within 30 s")
+            times.append(server.arrived - started)
+            process.terminate()
+            process.wait(30)
+        finally:
+            server.close()
+    return statistics.median(times)
 
 
 # ------------------------------------------------------------------------------ the raw baseline
@@ -210,7 +290,7 @@ async def _raw_fetch(session: aiohttp.ClientSession, rpc_url: str, first: int,
     return records
 
 
-async def run_raw(url: str, rpc_url: str, head: int) -> float:
+async def run_raw(url: str, rpc_url: str, head: int, range_blocks: int = RANGE_BLOCKS) -> float:
     conn = await asyncpg.connect(url)
     await conn.execute(
         """CREATE TEMPORARY TABLE raw_staging (chain_id bigint, block_number bigint,
@@ -220,7 +300,7 @@ async def run_raw(url: str, rpc_url: str, head: int) -> float:
     columns = ", ".join(_COLUMNS)
     insert = (f"INSERT INTO events ({columns}) SELECT {columns} FROM raw_staging "
               "ON CONFLICT (chain_id, block_hash, log_index, block_time) WHERE NOT invalidated DO NOTHING")
-    ranges = [(first, min(head, first + RANGE_BLOCKS - 1)) for first in range(0, head + 1, RANGE_BLOCKS)]
+    ranges = [(first, min(head, first + range_blocks - 1)) for first in range(0, head + 1, range_blocks)]
     try:
         async with aiohttp.ClientSession() as session:
             started = time.perf_counter()
@@ -283,9 +363,15 @@ async def fetch_raw(rpc_url: str, head: int) -> float:
 
 def run(backend: str = "both") -> list[Figure]:
     configure_logging(level="WARNING")
+    # As python -m ingest does at start; the raw loop runs in this process too, so it gets the
+    # same collector settings (a process-wide knob is no advantage of the indexer's).
+    tune_gc()
+    figures = [Figure("ingest start-up to first request (python -m ingest)", startup_seconds(), "s",
+                      higher_is_better=False, note="median of 7: interpreter, imports, settings, "
+                      "logging, metrics endpoint, first eth_chainId")]
     node, total_logs = build_chain()
-    head = node.head()
-    figures: list[Figure] = []
+    dense, dense_logs = build_chain(DENSE_BLOCKS, 1, DENSE_LOGS_PER_BLOCK)
+    head, dense_head = node.head(), dense.head()
     try:
         raw_fetch = min(asyncio.run(fetch_raw(node.url, head)) for _ in range(RUNS))
         web3_fetch = min(asyncio.run(fetch_web3(node.url, head)) for _ in range(RUNS))
@@ -298,19 +384,62 @@ def run(backend: str = "both") -> list[Figure]:
                               note="CPU only; baseline: raw fetch+parse of the same logs"))
         with backends(backend) as selected:
             for db in selected:
-                raw_times, indexer_times = [], []
-                for _ in range(RUNS):
-                    for path, times in ((run_raw, raw_times), (run_indexer, indexer_times)):
-                        asyncio.run(_reset(db.url))
-                        times.append(asyncio.run(path(db.url, node.url, head)))
-                        stored = asyncio.run(_stored(db.url))
-                        if stored != total_logs:
-                            raise RuntimeError(f"{path.__name__} stored {stored} of {total_logs} logs")
-                raw_rate = total_logs / min(raw_times)
-                indexer_rate = total_logs / min(indexer_times)
-                figures.append(Figure(f"ingest backfill [{db.name}]", indexer_rate, "logs/s",
-                                      baseline=raw_rate, bar=0.5 * raw_rate, goal=0.8 * raw_rate,
-                                      note=f"{total_logs:,} logs, {head + 1:,} blocks; bar 0.5x raw, goal 0.8x"))
+                figures += standard_workload(db, node.url, head, total_logs)
+                figures += dense_workload(db, dense.url, dense_head, dense_logs)
     finally:
         node.stop()
+        dense.stop()
     return figures
+
+
+def _timed(db: Backend, total_logs: int, path: Callable[[], float]) -> float:
+    asyncio.run(_reset(db.url))
+    elapsed = path()
+    stored = asyncio.run(_stored(db.url))
+    if stored != total_logs:
+        raise RuntimeError(f"stored {stored} of {total_logs} logs")
+    return elapsed
+
+
+def standard_workload(db: Backend, rpc_url: str, head: int, total_logs: int) -> list[Figure]:
+    """1,000 blocks of 200 logs: the indexer (MAX_BLOCK_RANGE=50) against the raw loop (50-block
+    ranges), alternating, best of RUNS."""
+    raw_times, indexer_times = [], []
+    for _ in range(RUNS):
+        raw_times.append(_timed(db, total_logs, lambda: asyncio.run(run_raw(db.url, rpc_url, head))))
+        indexer_times.append(_timed(db, total_logs,
+                                    lambda: asyncio.run(run_indexer(db.url, rpc_url, head))))
+    raw_rate = total_logs / min(raw_times)
+    return [Figure(f"ingest backfill [{db.name}]", total_logs / min(indexer_times), "logs/s",
+                   baseline=raw_rate, bar=0.5 * raw_rate, goal=0.8 * raw_rate,
+                   note=f"{total_logs:,} logs, {head + 1:,} blocks; bar 0.5x raw, goal 0.8x")]
+
+
+def dense_workload(db: Backend, rpc_url: str, head: int, total_logs: int) -> list[Figure]:
+    """40 blocks of 5,000 logs with the default MAX_BLOCK_RANGE (2000): ``python -m ingest``
+    from process start and the indexer in-process, against the raw loop over ranges of the
+    indexer's size (2 blocks, 10,000 logs), alternating, best of RUNS; the process's peak RSS."""
+    raw_times, inproc_times, process_times, peaks = [], [], [], []
+    for _ in range(RUNS):
+        raw_times.append(_timed(db, total_logs, lambda: asyncio.run(
+            run_raw(db.url, rpc_url, head, range_blocks=DENSE_RAW_RANGE))))
+        inproc_times.append(_timed(db, total_logs, lambda: asyncio.run(
+            run_indexer(db.url, rpc_url, head, max_block_range=DEFAULT_MAX_BLOCK_RANGE))))
+        asyncio.run(_reset(db.url))
+        elapsed, peak_mib = run_process(db.url, rpc_url, head)
+        if asyncio.run(_stored(db.url)) != total_logs:
+            raise RuntimeError("python -m ingest did not store every log")
+        process_times.append(elapsed)
+        peaks.append(peak_mib)
+    raw_rate = total_logs / min(raw_times)
+    seconds, peak = min(process_times), max(peaks)
+    shape = f"{total_logs:,} logs in {head - 1} blocks"
+    return [
+        Figure(f"ingest dense from process start [{db.name}]", total_logs / seconds, "logs/s",
+               baseline=raw_rate, bar=0.5 * raw_rate, goal=raw_rate / 1.25,
+               note=f"{shape}, MAX_BLOCK_RANGE default; goal: at most 1.25x the raw loop's time"),
+        Figure(f"ingest dense in-process [{db.name}]", total_logs / min(inproc_times), "logs/s",
+               baseline=raw_rate, note=f"{shape}; baseline: raw loop, ranges of {DENSE_RAW_RANGE} blocks"),
+        Figure(f"ingest dense peak RSS of python -m ingest [{db.name}]", peak, "MiB",
+               bar=RSS_BOUND_MIB, higher_is_better=False, note="VmHWM, highest of the runs"),
+    ]

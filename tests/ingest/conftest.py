@@ -114,7 +114,8 @@ async def running_indexer(settings: IngestSettings) -> AsyncIterator[Indexer]:
     stop = asyncio.Event()
     metrics = IngestMetrics(registry=None)
     async with EndpointPool(settings.rpc_endpoints, timeout=settings.rpc_timeout,
-                            metrics=metrics) as source:
+                            metrics=metrics,
+                            max_response_bytes=settings.rpc_max_response_bytes) as source:
         indexer = Indexer(settings, source, metrics=metrics)
         task = asyncio.ensure_future(indexer.run(stop))
         try:

@@ -25,7 +25,7 @@ H = "0x" + "ab" * 32
 
 
 def test_range_sizer_uses_the_suggestion_halves_and_grows_back() -> None:
-    sizer = RangeSizer(100, grow_after=2)
+    sizer = RangeSizer(100, grow_after=2, initial=100)
     assert sizer.span(10, 1000) == (10, 109)
     assert sizer.span(10, 50) == (10, 50)
     sizer.shrink(10, 109, suggested=(10, 39))
@@ -34,20 +34,57 @@ def test_range_sizer_uses_the_suggestion_halves_and_grows_back() -> None:
     assert sizer.size == 15
     sizer.shrink(10, 24, suggested=(11, 12))  # does not start at our range: halve instead
     assert sizer.size == 7
+    sizes = []
     for _ in range(20):
         sizer.succeeded(sizer.size, 0)
+        sizes.append(sizer.size)
+    assert sizes[:4] == [7, 10, 10, 15]  # after a refusal: by half, every grow_after successes
     assert sizer.size == 100
     sizer.shrink(5, 5)
     assert sizer.size == 1
 
 
+@pytest.mark.parametrize("maximum", [5, 50, 2000, 1_000_000])
+def test_range_sizer_starts_at_one_block_and_follows_the_log_count(maximum: int) -> None:
+    """Whatever MAX_BLOCK_RANGE is, no range carries much more than target_logs at a steady
+    density: the first range is one block, the next ones are sized by the logs seen."""
+    sizer = RangeSizer(maximum, target_logs=10_000)
+    assert sizer.span(0, 10**9) == (0, 0)
+    sizes = []
+    for _ in range(8):
+        blocks = sizer.size
+        sizer.succeeded(blocks, 5_000 * blocks)  # 5,000 logs a block: two blocks fill a range
+        sizes.append(sizer.size)
+    assert max(sizes) <= min(maximum, 2)
+    assert sizes[-1] == min(maximum, 2)
+    sparse = RangeSizer(maximum, target_logs=10_000)
+    for _ in range(12):
+        sparse.succeeded(sparse.size, 200 * sparse.size)  # 200 a block: 50 blocks fill one
+    assert sparse.size == min(maximum, 50)
+
+
+def test_range_sizer_slow_start_grows_by_the_blocks_actually_fetched() -> None:
+    sizer = RangeSizer(2000)
+    sizes = []
+    for _ in range(7):
+        sizer.succeeded(sizer.size, 0)
+        sizes.append(sizer.size)
+    assert sizes == [4, 16, 64, 256, 1024, 2000, 2000]
+    sizer.succeeded(1, 0)  # at the head: one block says nothing about 2000
+    assert sizer.size == 4
+
+
 def test_range_sizer_follows_log_density() -> None:
-    sizer = RangeSizer(2000, target_logs=10_000)
+    sizer = RangeSizer(2000, target_logs=10_000, initial=2000)
     sizer.succeeded(2000, 200_000)
     assert sizer.size == 100
     for _ in range(10):
         sizer.succeeded(100, 10_000)
     assert sizer.size == 100  # does not grow past the density that fills a range
+    sizer.succeeded(100, 50_000)  # the density jumped
+    assert sizer.size == 20
+    sizer.succeeded(1, 30_000)  # one block over the target: the smallest range, one block
+    assert sizer.size == 1
 
 
 def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:

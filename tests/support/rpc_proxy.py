@@ -14,7 +14,8 @@ count; a batch request counts as one call of its first item's method::
 
 Kinds of fault: HTTP status (with ``Retry-After``), a delay before answering (a timeout for a
 client with a shorter timeout), a JSON-RPC error object, garbage bytes instead of JSON, a
-wrong-typed field in an otherwise real answer, and a dropped connection.
+wrong-typed field in an otherwise real answer, a dropped connection, and a huge reply
+(``Fault.huge(megabytes)``, streamed, chunked or with its length announced).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Fault:
     delay: float = 0.0
     code: int = -32000
     message: str = ""
+    size: int = 0
+    declared: bool = False
 
     @classmethod
     def http(cls, status: int, *, retry_after: float | None = None) -> Fault:
@@ -65,6 +68,12 @@ class Fault:
     @classmethod
     def disconnect(cls) -> Fault:
         return cls("disconnect")
+
+    @classmethod
+    def huge(cls, megabytes: int, *, declared: bool = False) -> Fault:
+        """A well-formed-looking reply of ``megabytes`` MiB, streamed (never held in memory):
+        chunked, or with its ``Content-Length`` announced when ``declared``."""
+        return cls("huge", size=megabytes << 20, declared=declared)
 
 
 @dataclass
@@ -151,6 +160,8 @@ class RpcProxy(BackgroundHttpServer):
             elif fault.kind == "garbage":
                 return web.Response(status=200, body=b"<html>502 Bad Gateway</html>",
                                     content_type="text/html")
+            elif fault.kind == "huge":
+                return await _stream_huge(request, first.get("id"), fault)
             elif fault.kind == "disconnect":
                 assert request.transport is not None
                 request.transport.close()
@@ -165,6 +176,29 @@ class RpcProxy(BackgroundHttpServer):
         if fault is not None and fault.kind == "wrong_type":
             reply = orjson.dumps(_corrupt(orjson.loads(reply)))
         return web.Response(status=200, body=reply, content_type="application/json")
+
+
+async def _stream_huge(request: web.Request, request_id: object, fault: Fault) -> web.StreamResponse:
+    head = orjson.dumps({"jsonrpc": "2.0", "id": request_id})[:-1] + b', "result": ['
+    item = orjson.dumps({"address": "0x" + "ab" * 20, "topics": [], "data": "0x" + "00" * 400,
+                         "removed": False}) + b","
+    chunk = item * ((1 << 20) // len(item))
+    chunks, tail = divmod(max(0, fault.size - len(head) - 2), len(chunk))
+    response = web.StreamResponse(status=200, headers={"content-type": "application/json"})
+    if fault.declared:
+        response.content_length = fault.size
+    else:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        await response.write(head)
+        for _ in range(chunks):
+            await response.write(chunk)
+        await response.write(b" " * tail + b"]}")
+        await response.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client stopped reading: what it should do
+    return response
 
 
 def _json(value: Any) -> web.Response:
