@@ -1,6 +1,6 @@
 """The one schema source: SQLAlchemy Core tables for Alembic and the code.
 
-User-facing tables are SPEC §4–5. Internal tables:
+User-facing tables are the user tables (docs/reference.md). Internal tables:
 
 - ``event_batches``: one row per insert statement into ``events`` (written by a statement-level
   trigger, in the inserting transaction). The processor claims unprocessed batches with
@@ -207,7 +207,7 @@ deliveries = Table(
     Column("last_error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("delivered_at", DateTime(timezone=True)),
-    # Internal columns (not part of the SPEC contract, shown by status and the README):
+    # Internal columns (not part of the user contract, shown by status and the README):
     Column("replay", Boolean, nullable=False, server_default=text("false")),
     Column("event_committed_at", DateTime(timezone=True)),
     Column("queued_at", DateTime(timezone=True)),

@@ -1,4 +1,4 @@
-"""Configuration from the environment and ``.env`` (SPEC §3), validated eagerly.
+"""Configuration from the environment and ``.env`` (docs/reference.md, Configuration), validated eagerly.
 
 One shared base (database, Redis, logging, metrics) and one subclass per service. Build them in
 ``main()`` with :func:`load_settings`, which turns a validation error into one line and exit 2.

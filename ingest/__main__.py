@@ -1,4 +1,4 @@
-"""``python -m ingest``: the indexer for one chain (SPEC §2).
+"""``python -m ingest``: the indexer for one chain (the commands in docs/reference.md).
 
 Exit codes: 0 after SIGTERM/SIGINT (the current transaction commits or rolls back first);
 1 with one line for a permanent failure (``CHAIN_ID`` mismatch, database unreachable at start,

@@ -1,4 +1,4 @@
-"""The indexer loop for one chain (SPEC §2, guarantees 1, 2, 9).
+"""The indexer loop for one chain (the commands in docs/reference.md; guarantees 1, 2, 9).
 
 :class:`Indexer` owns one database connection, the *writing* connection, which holds the chain's
 advisory writer lock for as long as it lives. Its loop:

@@ -91,7 +91,7 @@ class Header:
 
 
 class Log(NamedTuple):
-    """One log as stored (SPEC §5 ``events`` columns minus chain and time); absent topics are
+    """One log as stored (the ``events`` columns of docs/reference.md minus chain and time); absent topics are
     ``None``; hex lowercase."""
 
     block_number: int

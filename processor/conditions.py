@@ -1,4 +1,4 @@
-"""Trigger conditions (SPEC §4) compiled once, at load time, into plain closures.
+"""Trigger conditions (docs/reference.md, Triggers and actions) compiled once, at load time, into plain closures.
 
 Grammar: ``{"all": [C, ...]}``, ``{"any": [C, ...]}``, ``{"not": C}`` or a leaf
 ``{"field": F, "op": OP, "value": V}``. ``F`` is a decoded argument (``value``), a path into

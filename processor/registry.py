@@ -56,7 +56,7 @@ SECRET_PREFIX = "whsec_"
 
 
 class WebhookConfig(BaseModel):
-    """``actions.config`` of a webhook action (SPEC §4). Unknown keys are refused so a typo
+    """``actions.config`` of a webhook action (docs/reference.md, Triggers and actions). Unknown keys are refused so a typo
     (``secert``) cannot silently send unsigned webhooks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

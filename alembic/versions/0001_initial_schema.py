@@ -1,4 +1,4 @@
-"""Initial schema: SPEC §4–5 tables, internal tables, NOTIFY triggers, hypertable when loaded.
+"""Initial schema: the user tables (docs/reference.md), internal tables, NOTIFY triggers, hypertable when loaded.
 
 Revision ID: 0001
 Revises:

@@ -1,4 +1,4 @@
-"""Decoded values in the webhook's JSON form (SPEC §6): integers as decimal strings, addresses
+"""Decoded values in the webhook's JSON form (docs/reference.md, Webhooks): integers as decimal strings, addresses
 and bytes as lowercase ``0x`` hex, tuples as objects keyed by member name (``arg<i>`` when
 unnamed), arrays as arrays, topic-hashed indexed parameters as their ``0x`` hash."""
 
@@ -31,7 +31,7 @@ def _json_value(type_str: str, components: tuple[Param, ...], value: Any) -> Any
 
 
 def to_json_args(signature: EventSignature, args: dict[str, Any]) -> dict[str, Any]:
-    """``args`` as :func:`core.abi.decode.decode_log` returns them, in SPEC §6 form."""
+    """``args`` as :func:`core.abi.decode.decode_log` returns them, in the webhook's JSON form (docs/reference.md)."""
     result = {}
     for position, param in enumerate(signature.inputs):
         name = arg_name(param, position)

@@ -317,7 +317,7 @@ async def _baseline_run(url: str, redis_url: str) -> tuple[float, int, int]:
 
 async def _latency_run(url: str, redis_url: str) -> dict[str, float]:
     """Commit → enqueue at a steady rate. The start is the moment the writer's INSERT returned
-    (its commit is durable and visible: what the SPEC calls committed); the end is the
+    (its commit is durable and visible: what the guarantees call committed); the end is the
     ``queued_at`` the processor writes right after the RQ pipeline returned. The histogram's own
     definition (batch ``created_at`` = the writer's transaction start) is reported beside it."""
     conn = await asyncpg.connect(url)

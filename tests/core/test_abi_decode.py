@@ -42,7 +42,7 @@ def declaration(event_abi: dict[str, Any]) -> str:
 
 
 def normalise(value: Any) -> Any:
-    """web3's values in the SPEC §6 JSON form (what ``to_json_args`` produces)."""
+    """web3's values in the webhook JSON form (docs/reference.md) (what ``to_json_args`` produces)."""
     if isinstance(value, bytes):
         return "0x" + value.hex()
     if isinstance(value, bool):

@@ -61,7 +61,7 @@ class ChainLog:
         return (self.block_hash, self.log_index)
 
     def json_args(self) -> dict[str, Any]:
-        """The SPEC §6 form of ``args``: integers as decimal strings, addresses lowercase."""
+        """The webhook form of ``args`` (docs/reference.md): integers as decimal strings, addresses lowercase."""
         return {name: (str(value) if isinstance(value, int) and not isinstance(value, bool)
                        else _hex(value) if isinstance(value, bytes | bytearray)
                        else value.lower() if isinstance(value, str) else value)

@@ -1,5 +1,5 @@
 """The test's window into a running pipeline: blockhook's tables read back with plain SQL, triggers
-written as a user would write them (SPEC §4), and bounded waits whose failure messages name what
+written as a user would write them (docs/reference.md, Triggers and actions), and bounded waits whose failure messages name what
 is missing (event keys, ``webhook-id``s, delivery rows) and show the services' state and logs.
 """
 
@@ -20,7 +20,7 @@ from tests.e2e.receiver import Receiver
 from tests.e2e.supervisor import Supervisor
 
 CHAIN_ID = 31337
-SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes, SPEC §4 form
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes, as docs/reference.md shows
 
 EventKey = tuple[str, int]  # (block hash, log index)
 
@@ -77,7 +77,7 @@ class Store:
     def add_hook(self, name: str, *, signature: str, url: str, address: str | None = None,
                  conditions: dict[str, Any] | None = None, confirmations: int = 0,
                  secret: str = SECRET, chain_id: int = CHAIN_ID) -> Hook:
-        """Insert a trigger and its webhook action in one statement, exactly as SPEC §4 shows."""
+        """Insert a trigger and its webhook action in one statement, exactly as docs/reference.md shows."""
         row = self.rows(
             """WITH t AS (
                  INSERT INTO triggers (name, chain_id, address, event_signature, conditions,
@@ -240,7 +240,7 @@ def assert_all_verified(received: list[dict[str, Any]]) -> None:
 
 
 def expected_payload_event(log: ChainLog) -> dict[str, Any]:
-    """SPEC §6 ``event`` object for a chain log, built from web3's decoding (minus ``signature``
+    """The webhook's ``event`` object (docs/reference.md) for a chain log, built from web3's decoding (minus ``signature``
     and ``block_time``, which the caller checks separately)."""
     return {"chain_id": CHAIN_ID, "block_number": log.block_number, "block_hash": log.block_hash,
             "tx_hash": log.tx_hash, "tx_index": log.tx_index, "log_index": log.log_index,

@@ -106,5 +106,5 @@ def test_happy_path_exact_webhooks_with_web3_payloads(
         assert event.pop("signature") == CANONICAL[str(log.name)]
         assert event == expected_payload_event(log), f"payload of {record['webhook_id']}"
 
-    # SPEC §2: every long-running service exits 0 on SIGTERM.
+    # docs/reference.md, Commands: every long-running service exits 0 on SIGTERM.
     assert pipeline.services.stop_all() == {"ingest": 0, "processor": 0, "workers": 0}

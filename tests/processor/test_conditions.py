@@ -1,4 +1,4 @@
-"""Conditions (SPEC §4): every operator, nesting, 256-bit boundaries, value forms, address case,
+"""Conditions (docs/reference.md, Triggers and actions): every operator, nesting, 256-bit boundaries, value forms, address case,
 paths; and property tests against a deliberately naive reference evaluator."""
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def reference_int(value: Any) -> int:
 
 
 def reference(node: Any, args: dict[str, Any]) -> bool:
-    """Direct reading of SPEC §4 for integer and address leaves; no compilation, no caching."""
+    """Direct reading of docs/reference.md's conditions for integer and address leaves; no compilation, no caching."""
     if "all" in node:
         return all(reference(member, args) for member in node["all"])
     if "any" in node:

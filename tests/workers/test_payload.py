@@ -1,4 +1,4 @@
-"""Payloads (SPEC §6) and signatures, checked by a real Standard Webhooks verifier."""
+"""Payloads (docs/reference.md, Webhooks) and signatures, checked by a real Standard Webhooks verifier."""
 
 from __future__ import annotations
 
