@@ -1,27 +1,37 @@
-"""One batch of deliveries in one short-lived transaction: claim, send concurrently, record.
+"""One batch of deliveries: lease (one short statement), send concurrently with no transaction
+open, record the outcomes (a second short transaction, guarded by the lease).
 
-The rows stay locked while their POSTs are in flight (see :mod:`workers.store`), so the
-transaction lasts as long as the slowest attempt of the batch (bounded by its timeout). Each
-delivery keeps its own outcome; one endpoint's failure does not affect its neighbours.
+See :mod:`workers.store` for the lease protocol. A database error while recording is retried
+with backoff for up to :data:`RECORD_RETRY_SECONDS` (the webhooks were sent: giving up would get
+them sent again once the leases expire); a permanent SQL error is raised at once. Each delivery
+keeps its own outcome; one endpoint's failure does not affect its neighbours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import random
+import secrets
+import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
 
+from core.backoff import Backoff
 from core.crypto import Keyring
+from core.db import is_transient
 from workers import metrics
 from workers.attempt import RetryPolicy, attempt_delivery
 from workers.delivery import WebhookClient
 from workers.retry import is_exhausted, retry_delay
 from workers.store import (
     Outcome,
+    Recorded,
     claim_deliveries,
     ensure_removed_deliveries,
     record_outcomes,
@@ -29,6 +39,20 @@ from workers.store import (
 )
 
 log = structlog.get_logger(__name__)
+
+RECORD_RETRY_SECONDS = 120.0
+
+
+class Leases:
+    """Names the claims of this process: ``host:pid:nonce/n``, unique per claim."""
+
+    def __init__(self, worker_id: str | None = None) -> None:
+        self.worker_id = worker_id or (f"{socket.gethostname()}:{os.getpid()}:"
+                                       f"{secrets.token_hex(3)}")
+        self._numbers = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.worker_id}/{next(self._numbers)}"
 
 
 @dataclass
@@ -66,28 +90,38 @@ async def _attempt_or_requeue(row: asyncpg.Record, *, client: WebhookClient,
 
 
 async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, policy: RetryPolicy,
-                             delivery_ids: Sequence[int],
-                             keyring: Keyring | None = None) -> BatchReport:
-    """Claim, attempt and record the open, due deliveries among ``delivery_ids``.
+                             delivery_ids: Sequence[int], leases: Leases,
+                             keyring: Keyring | None = None,
+                             record_retry_seconds: float = RECORD_RETRY_SECONDS) -> BatchReport:
+    """Lease, attempt and record the open, due deliveries among ``delivery_ids``.
 
-    Committed atomically: on a database error nothing is recorded and the error propagates (the
-    rows stay open; a later job or the processor's sweep brings them back)."""
+    A database error while leasing propagates (nothing was sent; the rows stay open for a later
+    job or the processor's sweep). Once sent, outcomes are recorded with retries (see the module
+    docstring); if that still fails the error propagates and the leases expire."""
     report = BatchReport()
     # One jitter draw per batch: deliveries failing together share their retry time and are
     # rescheduled as one job, while separate batches still spread out.
     jitter = random.random()
-    async with pool.acquire() as conn, conn.transaction():
-        claimed = await claim_deliveries(conn, delivery_ids)
+    lease = leases.next()
+    async with pool.acquire() as conn:
+        claimed = await claim_deliveries(conn, delivery_ids, lease=lease,
+                                         default_timeout=policy.default_timeout)
         if len(claimed) < len(delivery_ids):
             report.unclaimed = await unclaimed_soon(
                 conn, delivery_ids, [row["id"] for row in claimed])
-        report.outcomes = list(await asyncio.gather(*(
-            _attempt_or_requeue(row, client=client, policy=policy, jitter=jitter,
-                                keyring=keyring)
-            for row in claimed)))
-        recorded = await record_outcomes(conn, report.outcomes)
-        delivered = [o.delivery_id for o in report.outcomes if o.status == "delivered"]
-        report.removed_created = await ensure_removed_deliveries(conn, delivered)
+    if not claimed:
+        return report
+    report.outcomes = list(await asyncio.gather(*(
+        _attempt_or_requeue(row, client=client, policy=policy, jitter=jitter, keyring=keyring)
+        for row in claimed)))
+    # A matched delivery whose earlier attempt was lost (lease expired unrecorded) may have been
+    # sent: cancelling it for a reorg must still bring the event.removed.
+    lost = {row["id"] for row in claimed if row["lease_lost"]}
+    maybe_sent = [o.delivery_id for o in report.outcomes
+                  if o.status == "delivered" or (o.status == "cancelled" and o.delivery_id in lost)]
+    recorded, report.removed_created = await _record(
+        pool, report.outcomes, lease=lease, maybe_sent=maybe_sent,
+        retry_seconds=record_retry_seconds)
     by_id = {o.delivery_id: o for o in report.outcomes}
     for row in recorded:
         outcome = by_id[row.delivery_id]
@@ -96,3 +130,26 @@ async def deliver_batch_once(pool: asyncpg.Pool, *, client: WebhookClient, polic
         elif outcome.delay is not None:
             report.retries[row.delivery_id] = row.next_attempt_epoch
     return report
+
+
+async def _record(pool: asyncpg.Pool, outcomes: Sequence[Outcome], *, lease: str,
+                  maybe_sent: Sequence[int],
+                  retry_seconds: float) -> tuple[list[Recorded], list[int]]:
+    """Record ``outcomes`` under ``lease`` and create the ``removed`` deliveries they call for,
+    in one transaction; retry transient database errors until ``retry_seconds`` have passed."""
+    deadline = time.monotonic() + retry_seconds
+    backoff = Backoff(base=0.1, cap=5.0)
+    while True:
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                recorded = await record_outcomes(conn, outcomes, lease=lease)
+                removed = await ensure_removed_deliveries(conn, maybe_sent)
+            return recorded, removed
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() >= deadline:
+                raise
+            delay = backoff.next_delay()
+            log.warning("could not record delivery outcomes, retrying", lease=lease,
+                        deliveries=len(outcomes), error=str(error) or repr(error),
+                        retry_in=round(delay, 2))
+            await asyncio.sleep(delay)

@@ -34,7 +34,7 @@ from core.queue import (
 from core.settings import WorkerSettings, load_settings
 from workers import metrics
 from workers.attempt import RetryPolicy
-from workers.batch import BatchReport, deliver_batch_once
+from workers.batch import BatchReport, Leases, deliver_batch_once
 from workers.delivery import WebhookClient
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 RECHECK_DELAYS: Final = (1.0, 2.0, 4.0)
 # Before that, rows locked right now are retried in-process after these pauses.
 QUICK_RECLAIM_PAUSES: Final = (0.02, 0.1)
+APPLICATION_NAME: Final = "blockhook-workers"
 
 
 class Runtime:
@@ -62,6 +63,7 @@ class Runtime:
                                   max_attempts=settings.webhook_max_attempts,
                                   default_timeout=settings.webhook_timeout)
         self.keyring = settings.keyring()
+        self.leases = Leases()
 
     @classmethod
     def start(cls, settings: WorkerSettings, *, redis_client: redis.Redis | None = None) -> Runtime:
@@ -71,7 +73,9 @@ class Runtime:
         loop.set_exception_handler(_quiet_lost_connections)
 
         async def open_resources() -> tuple[asyncpg.Pool, WebhookClient]:
-            pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+            pool = await db.create_pool(
+                settings.database_url, min_size=1, max_size=2,
+                server_settings={"application_name": APPLICATION_NAME, **settings.db_timeouts()})
             return pool, WebhookClient(allow_private=settings.webhook_allow_private)
 
         try:
@@ -100,7 +104,7 @@ class Runtime:
             for pause in (*QUICK_RECLAIM_PAUSES, None):
                 report = self.loop.run_until_complete(deliver_batch_once(
                     self.pool, client=self.client, policy=self.policy, delivery_ids=chunk,
-                    keyring=self.keyring))
+                    leases=self.leases, keyring=self.keyring))
                 for outcome in report.outcomes:
                     totals[outcome.status] += 1
                 now = time.time()

@@ -1,9 +1,19 @@
 """Database functions of the workers (asyncpg; the caller owns the transaction).
 
-Claim protocol: a worker locks the rows of a batch with ``FOR UPDATE SKIP LOCKED`` and keeps the
-transaction open while it sends them, recording outcomes before commit. So a delivery is never
-sent by two workers at once; a worker that dies mid-attempt loses its connection, Postgres drops
-the lock at once, and the row is still ``queued`` for whoever gets the next job for it.
+Lease protocol (no row lock is held across a network call):
+
+1. :func:`claim_deliveries` leases the open, due, unleased rows of a batch in one short
+   statement (``FOR UPDATE SKIP LOCKED`` only there): ``leased_by`` names the claim,
+   ``lease_expires_at`` is the attempt's timeout plus :data:`LEASE_MARGIN_SECONDS`.
+2. The POSTs run with no transaction open.
+3. :func:`record_outcomes` writes the outcomes in a second short transaction, guarded by the
+   lease: a row whose lease was taken over by another claim is left alone. A ``delivered``
+   outcome is written even over a row a reorg correction cancelled meanwhile (the webhook did
+   arrive); the same transaction then creates the ``removed`` delivery
+   (:func:`ensure_removed_deliveries`). Any other outcome never reopens a final row.
+
+A worker that dies mid-attempt leaves its lease to expire; the row is then claimed again by
+whoever gets a job for it, and the webhook is sent again with the same ``webhook-id``.
 """
 
 from __future__ import annotations
@@ -17,9 +27,37 @@ import asyncpg
 # transaction, or a job that ran a little early (RQ schedules at whole seconds; clocks of the
 # worker and database hosts may differ slightly).
 RECHECK_HORIZON_SECONDS = 5.0
+# A lease lasts the attempt's timeout plus this margin (to record the outcome, with retries).
+LEASE_MARGIN_SECONDS = 30.0
+# The upper bound of an action's own ``timeout`` (workers.action.WebhookAction).
+MAX_ACTION_TIMEOUT_SECONDS = 300.0
 
-_CLAIM = """
+# ``lease_lost``: the row carries a lease nobody recorded (its worker died mid-attempt or the
+# outcome could not be written): the webhook may have been sent.
+_CLAIM = f"""
+WITH due AS (
+    SELECT d.id, d.leased_by IS NOT NULL AS lease_lost
+    FROM deliveries d
+    WHERE d.id = ANY($1::bigint[])
+      AND d.status IN ('pending', 'queued')
+      AND d.next_attempt_at <= clock_timestamp()
+      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= clock_timestamp())
+    ORDER BY d.id
+    FOR UPDATE OF d SKIP LOCKED
+), leased AS (
+    UPDATE deliveries d SET
+        leased_by = $2,
+        lease_expires_at = clock_timestamp() + make_interval(secs => $4 + CASE
+            WHEN jsonb_typeof(a.config -> 'timeout') = 'number'
+            THEN least(greatest((a.config ->> 'timeout')::float8, 0), {MAX_ACTION_TIMEOUT_SECONDS})
+            ELSE $3 END)
+    FROM due, actions a
+    WHERE d.id = due.id AND a.id = d.action_id
+    RETURNING d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_at,
+              d.action_id
+)
 SELECT d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_at, d.action_id,
+       due.lease_lost,
        a.config::text AS config, a.secret,
        CASE WHEN a.previous_secret_expires_at > clock_timestamp() THEN a.previous_secret
        END AS previous_secret,
@@ -27,22 +65,23 @@ SELECT d.id, d.kind, d.replay, d.attempts, d.event_id, d.trigger_id, d.created_a
        e.id IS NOT NULL AS event_found, e.chain_id, e.block_number, e.block_hash, e.block_time,
        e.tx_hash, e.tx_index, e.log_index, e.address, e.topic0, e.topic1, e.topic2, e.topic3,
        e.data, e.invalidated
-FROM deliveries d
+FROM leased d
+JOIN due ON due.id = d.id
 JOIN actions a ON a.id = d.action_id
 JOIN triggers t ON t.id = d.trigger_id
 LEFT JOIN events e ON e.id = d.event_id
-WHERE d.id = ANY($1::bigint[])
-  AND d.status IN ('pending', 'queued')
-  AND d.next_attempt_at <= clock_timestamp()
 ORDER BY d.id
-FOR UPDATE OF d SKIP LOCKED
 """
 
+# A row under someone else's lease is due when the lease ends (its holder normally records the
+# outcome and schedules any retry itself long before).
 _UNCLAIMED_SOON = f"""
-SELECT id, extract(epoch FROM next_attempt_at)::float8 AS due FROM deliveries
-WHERE id = ANY($1::bigint[]) AND NOT (id = ANY($2::bigint[]))
-  AND status IN ('pending', 'queued')
-  AND next_attempt_at <= clock_timestamp() + interval '{RECHECK_HORIZON_SECONDS} seconds'
+SELECT id, extract(epoch FROM due)::float8 AS due
+FROM (SELECT id, greatest(next_attempt_at, coalesce(lease_expires_at, next_attempt_at)) AS due
+      FROM deliveries
+      WHERE id = ANY($1::bigint[]) AND NOT (id = ANY($2::bigint[]))
+        AND status IN ('pending', 'queued')) AS open
+WHERE due <= clock_timestamp() + interval '{RECHECK_HORIZON_SECONDS} seconds'
 """
 
 _RECORD = """
@@ -56,10 +95,13 @@ UPDATE deliveries AS d SET
                       THEN extract(epoch FROM clock_timestamp() - d.created_at) * 1000
                       ELSE d.latency_ms END,
     next_attempt_at = CASE WHEN o.delay IS NULL THEN d.next_attempt_at
-                           ELSE clock_timestamp() + make_interval(secs => o.delay) END
+                           ELSE clock_timestamp() + make_interval(secs => o.delay) END,
+    leased_by = NULL,
+    lease_expires_at = NULL
 FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::int[], $5::text[], $6::float8[])
      AS o(id, status, attempted, status_code, error, delay)
-WHERE d.id = o.id
+WHERE d.id = o.id AND d.leased_by = $7
+  AND (o.status = 'delivered' OR d.status IN ('pending', 'queued'))
 RETURNING d.id, d.latency_ms, extract(epoch FROM d.next_attempt_at)::float8 AS next_attempt_epoch
 """
 
@@ -97,10 +139,14 @@ class Recorded:
     next_attempt_epoch: float
 
 
-async def claim_deliveries(conn: asyncpg.Connection, delivery_ids: Sequence[int]) -> list[asyncpg.Record]:
-    """Lock and load the open, due deliveries among ``delivery_ids`` with their action, trigger
-    and event. Final, not-yet-due and locked rows are left out."""
-    return list(await conn.fetch(_CLAIM, list(delivery_ids)))
+async def claim_deliveries(conn: asyncpg.Connection, delivery_ids: Sequence[int], *, lease: str,
+                           default_timeout: float,
+                           margin: float = LEASE_MARGIN_SECONDS) -> list[asyncpg.Record]:
+    """Lease and load the open, due deliveries among ``delivery_ids`` with their action, trigger
+    and event; commits with the caller's transaction (one statement: autocommit is enough).
+    Final, not-yet-due, leased and (right now) locked rows are left out. ``lease`` names this
+    claim (unique per claim); the outcome must be recorded with the same name."""
+    return list(await conn.fetch(_CLAIM, list(delivery_ids), lease, default_timeout, margin))
 
 
 async def unclaimed_soon(conn: asyncpg.Connection, delivery_ids: Sequence[int],
@@ -112,22 +158,26 @@ async def unclaimed_soon(conn: asyncpg.Connection, delivery_ids: Sequence[int],
     return {row["id"]: row["due"] for row in rows}
 
 
-async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[Recorded]:
-    """Write every outcome to its row (status, attempts, last status/error, timestamps)."""
+async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome], *,
+                          lease: str) -> list[Recorded]:
+    """Write each outcome to its row (status, attempts, last status/error, timestamps) and end
+    the lease, if the row is still under ``lease``. Rows another claim took over are left out
+    of the result, as are non-``delivered`` outcomes of rows that became final meanwhile."""
     if not outcomes:
         return []
     rows = await conn.fetch(
         _RECORD,
         [o.delivery_id for o in outcomes], [o.status for o in outcomes],
         [o.attempted for o in outcomes], [o.status_code for o in outcomes],
-        [o.error for o in outcomes], [o.delay for o in outcomes])
+        [o.error for o in outcomes], [o.delay for o in outcomes], lease)
     return [Recorded(row["id"], row["latency_ms"], float(row["next_attempt_epoch"])) for row in rows]
 
 
 async def ensure_removed_deliveries(conn: asyncpg.Connection,
                                     delivered_ids: Sequence[int]) -> list[int]:
-    """Create the ``removed`` delivery of each just-delivered ``matched`` delivery whose event is
-    now invalidated (status ``queued``; the caller enqueues them after commit). Returns new ids."""
+    """Create the ``removed`` delivery of each ``matched`` delivery among ``delivered_ids``
+    (delivered, or possibly sent by a lost attempt) whose event is now invalidated (status
+    ``queued``; the caller enqueues them after commit). Returns new ids."""
     if not delivered_ids:
         return []
     return [row["id"] for row in await conn.fetch(_ENSURE_REMOVED, list(delivered_ids))]
