@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.crypto import Keyring, parse_keys
+from core.db import timeout_settings
 from core.redact import redact_url, redact_urls_in
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
@@ -70,6 +71,15 @@ class BaseServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Per database session, in seconds (0 disables): see core.db.timeout_settings.
+    db_statement_timeout: float = Field(default=60.0, ge=0)
+    db_lock_timeout: float = Field(default=10.0, ge=0)
+    db_idle_in_transaction_timeout: float = Field(default=60.0, ge=0)
+
+    def db_timeouts(self) -> dict[str, str]:
+        """The session timeouts as server settings for ``core.db.connect``/``create_pool``."""
+        return timeout_settings(statement=self.db_statement_timeout, lock=self.db_lock_timeout,
+                                idle_in_transaction=self.db_idle_in_transaction_timeout)
 
     @field_validator("log_level", mode="before")
     @classmethod

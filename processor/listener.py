@@ -94,6 +94,10 @@ async def listen(database_url: str, wakeups: Wakeups, stop: asyncio.Event, *,
             await _watch(conn, lost, stop, ping_interval)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
             log.warning("listener connection lost", error=str(error))
+        except Exception:
+            # Never deaf for good: whatever went wrong, a fresh connection (and the full sweep
+            # its "reconnected" wake-up brings) is the cure.
+            log.exception("listener failed unexpectedly, reconnecting")
         finally:
             if not conn.is_closed():
                 conn.terminate()

@@ -4,6 +4,8 @@ A non-forking RQ worker (``SimpleWorker``: per-job fork overhead would cap throu
 jobs/s) on queue ``blockhook-deliveries``; due retries are promoted by every worker process
 (:mod:`workers.promoter`), not by RQ's lock-guarded singleton scheduler. SIGTERM or
 SIGINT: finish the current job, exit 0 (RQ's warm shutdown); a second signal stops at once.
+A background thread (promoter, sealer) that dies unexpectedly stops the worker the same way,
+then exits 3 so its supervisor restarts it (:mod:`workers.loops`).
 Bad configuration or an unreachable database/Redis: one line on stderr, exit 1 (2 for invalid
 settings).
 
@@ -16,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
+import threading
 
 import psycopg
 import redis
@@ -56,6 +61,23 @@ def _seal_at_start(settings: WorkerSettings) -> None:
         log.warning("could not seal webhook secrets at start", error=type(error).__name__)
 
 
+LOOP_DIED_EXIT = 3
+
+
+class LoopDeaths:
+    """Records which background loop died and asks the worker to stop (a warm shutdown)."""
+
+    def __init__(self) -> None:
+        self.dead: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> None:
+        with self._lock:
+            self.dead.append(name)
+        log.error("a background loop died; stopping the worker so it is restarted", loop=name)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
@@ -86,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.
     rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     queue = delivery_queue(redis_client)
-    promoter = Promoter(queue)
-    sealer = Sealer(settings.database_url, keyring)
+    deaths = LoopDeaths()
+    promoter = Promoter(queue, on_death=deaths)
+    sealer = Sealer(settings.database_url, keyring, on_death=deaths,
+                    session_options=db.libpq_options(settings.db_timeouts()))
     if args.burst:
         _seal_at_start(settings)
         promote_due_jobs(queue)  # what is due now joins this burst; later retries do not
@@ -101,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             promoter.stop()
             sealer.stop()
         runtime.close()
+    if deaths.dead:
+        print(f"workers: background loop died: {', '.join(deaths.dead)}", file=sys.stderr)
+        return LOOP_DIED_EXIT
     log.info("worker stopped")
     return 0
 
