@@ -303,6 +303,10 @@ class WorkerSettings(EncryptionSettings):
     webhook_retry_schedule: str = "5,30,120,600,1800,3600,7200"
     webhook_allow_private: bool = False
     worker_batch_size: int = Field(default=50, ge=1)
+    # Per endpoint (host:port) and worker process: see workers.endpoints.
+    worker_endpoint_concurrency: int = Field(default=10, ge=1)
+    worker_circuit_failures: int = Field(default=5, ge=0)
+    worker_circuit_probe_interval: float = Field(default=30.0, gt=0)
 
     @field_validator("webhook_retry_schedule")
     @classmethod

@@ -101,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.info("webhook secrets are sealed", key_id=keyring.current_id,
                  accepted_key_ids=list(keyring.key_ids))
-    runtime.configure(settings, redis_client=redis_client)
+    deaths = LoopDeaths()
+    runtime.configure(settings, redis_client=redis_client, on_fatal=deaths)
     worker = DeliveryWorker([delivery_queue(redis_client)], connection=redis_client)
     log.info("worker starting", burst=args.burst, batch_size=settings.worker_batch_size,
              allow_private=settings.webhook_allow_private)
     # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.
     rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     queue = delivery_queue(redis_client)
-    deaths = LoopDeaths()
     promoter = Promoter(queue, on_death=deaths)
     sealer = Sealer(settings.database_url, keyring, on_death=deaths,
                     session_options=db.libpq_options(settings.db_timeouts()))

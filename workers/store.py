@@ -47,7 +47,7 @@ WITH due AS (
 ), leased AS (
     UPDATE deliveries d SET
         leased_by = $2,
-        lease_expires_at = clock_timestamp() + make_interval(secs => $4 + CASE
+        lease_expires_at = clock_timestamp() + make_interval(secs => $4 + $5 * CASE
             WHEN jsonb_typeof(a.config -> 'timeout') = 'number'
             THEN least(greatest((a.config ->> 'timeout')::float8, 0), {MAX_ACTION_TIMEOUT_SECONDS})
             ELSE $3 END)
@@ -71,6 +71,26 @@ JOIN actions a ON a.id = d.action_id
 JOIN triggers t ON t.id = d.trigger_id
 LEFT JOIN events e ON e.id = d.event_id
 ORDER BY d.id
+"""
+
+# The claimable rows among a job's ids and their endpoint URL, locked for the claiming
+# transaction only (the caller picks what endpoint capacity allows, then leases those).
+_CANDIDATES = """
+SELECT d.id, a.config ->> 'url' AS url
+FROM deliveries d
+JOIN actions a ON a.id = d.action_id
+WHERE d.id = ANY($1::bigint[])
+  AND d.status IN ('pending', 'queued')
+  AND d.next_attempt_at <= clock_timestamp()
+  AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= clock_timestamp())
+ORDER BY d.id
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+_RELEASE = """
+UPDATE deliveries AS d SET leased_by = NULL, lease_expires_at = NULL
+FROM unnest($1::bigint[], $2::text[]) AS r(id, lease)
+WHERE d.id = r.id AND d.leased_by = r.lease
 """
 
 # A row under someone else's lease is due when the lease ends (its holder normally records the
@@ -98,9 +118,10 @@ UPDATE deliveries AS d SET
                            ELSE clock_timestamp() + make_interval(secs => o.delay) END,
     leased_by = NULL,
     lease_expires_at = NULL
-FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::int[], $5::text[], $6::float8[])
-     AS o(id, status, attempted, status_code, error, delay)
-WHERE d.id = o.id AND d.leased_by = $7
+FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::int[], $5::text[], $6::float8[],
+            $7::text[])
+     AS o(id, status, attempted, status_code, error, delay, lease)
+WHERE d.id = o.id AND d.leased_by = o.lease
   AND (o.status = 'delivered' OR d.status IN ('pending', 'queued'))
 RETURNING d.id, d.latency_ms, extract(epoch FROM d.next_attempt_at)::float8 AS next_attempt_epoch
 """
@@ -130,6 +151,9 @@ class Outcome:
     status_code: int | None = None
     error: str | None = None
     delay: float | None = None
+    # Whether the endpoint answered (2xx, or a permanent refusal) or failed to (timeout,
+    # connection error, 408/429/5xx); ``None`` when nothing was sent. Feeds the circuit breaker.
+    endpoint_ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -139,14 +163,31 @@ class Recorded:
     next_attempt_epoch: float
 
 
+async def claim_candidates(conn: asyncpg.Connection,
+                           delivery_ids: Sequence[int]) -> list[tuple[int, str | None]]:
+    """The open, due, unleased deliveries among ``delivery_ids`` with their webhook URL, locked
+    until the caller's transaction ends (rows locked by others right now are left out)."""
+    return [(row["id"], row["url"]) for row in await conn.fetch(_CANDIDATES, list(delivery_ids))]
+
+
 async def claim_deliveries(conn: asyncpg.Connection, delivery_ids: Sequence[int], *, lease: str,
-                           default_timeout: float,
-                           margin: float = LEASE_MARGIN_SECONDS) -> list[asyncpg.Record]:
+                           default_timeout: float, margin: float = LEASE_MARGIN_SECONDS,
+                           rounds: int = 1) -> list[asyncpg.Record]:
     """Lease and load the open, due deliveries among ``delivery_ids`` with their action, trigger
     and event; commits with the caller's transaction (one statement: autocommit is enough).
     Final, not-yet-due, leased and (right now) locked rows are left out. ``lease`` names this
-    claim (unique per claim); the outcome must be recorded with the same name."""
-    return list(await conn.fetch(_CLAIM, list(delivery_ids), lease, default_timeout, margin))
+    claim (unique per claim); the outcome must be recorded with the same name. The lease lasts
+    ``rounds`` times the attempt's timeout (deliveries may wait for an endpoint slot) plus
+    ``margin`` seconds."""
+    return list(await conn.fetch(_CLAIM, list(delivery_ids), lease, default_timeout, margin,
+                                 rounds))
+
+
+async def release_leases(conn: asyncpg.Connection, leases: Sequence[tuple[int, str]]) -> None:
+    """End leases without an attempt (the endpoint's circuit opened meanwhile): the rows are
+    claimable again at once, with attempts and errors untouched."""
+    if leases:
+        await conn.execute(_RELEASE, [i for i, _ in leases], [lease for _, lease in leases])
 
 
 async def unclaimed_soon(conn: asyncpg.Connection, delivery_ids: Sequence[int],
@@ -159,17 +200,19 @@ async def unclaimed_soon(conn: asyncpg.Connection, delivery_ids: Sequence[int],
 
 
 async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome], *,
-                          lease: str) -> list[Recorded]:
+                          lease: str | Sequence[str]) -> list[Recorded]:
     """Write each outcome to its row (status, attempts, last status/error, timestamps) and end
-    the lease, if the row is still under ``lease``. Rows another claim took over are left out
-    of the result, as are non-``delivered`` outcomes of rows that became final meanwhile."""
+    the lease, if the row is still under ``lease`` (one for all, or one per outcome). Rows
+    another claim took over are left out of the result, as are non-``delivered`` outcomes of
+    rows that became final meanwhile."""
     if not outcomes:
         return []
+    leases = [lease] * len(outcomes) if isinstance(lease, str) else list(lease)
     rows = await conn.fetch(
         _RECORD,
         [o.delivery_id for o in outcomes], [o.status for o in outcomes],
         [o.attempted for o in outcomes], [o.status_code for o in outcomes],
-        [o.error for o in outcomes], [o.delay for o in outcomes], lease)
+        [o.error for o in outcomes], [o.delay for o in outcomes], leases)
     return [Recorded(row["id"], row["latency_ms"], float(row["next_attempt_epoch"])) for row in rows]
 
 
