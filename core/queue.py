@@ -14,6 +14,11 @@ from redis import Redis
 from rq import Queue, Retry
 
 QUEUE_NAME = "blockhook-deliveries"
+# Redis hash of webhook endpoints whose circuit breaker holds deliveries back (field: host:port,
+# value: JSON written by the worker process that saw it; workers.runtime), read by status.
+ENDPOINT_STATE_KEY = "blockhook:endpoint-circuits"
+# An entry not refreshed for this long is stale (its worker stopped).
+ENDPOINT_STATE_TTL_SECONDS = 60.0
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # RQ costs ~27 Redis round trips per job whatever its size; 200 ids per job took the delivery
 # benchmark from ~1,100-1,800 to ~2,000-2,300 deliveries/s (2 workers) and worker CPU from ~340 to

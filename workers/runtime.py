@@ -33,6 +33,7 @@ from rq import Queue
 
 from core import db
 from core.queue import (
+    ENDPOINT_STATE_KEY,
     JOB_FUNCTION,
     JOB_TIMEOUT_SECONDS,
     delivery_queue,
@@ -57,10 +58,6 @@ RECHECK_DELAYS: Final = (1.0, 2.0, 4.0)
 # Before that, rows locked right now are retried in-process after these pauses.
 QUICK_RECLAIM_PAUSES: Final = (0.02, 0.1)
 APPLICATION_NAME: Final = "blockhook-workers"
-# Redis hash of endpoints whose circuit is open (field: host:port, value: JSON), read by
-# scripts/status.py; entries older than ENDPOINT_STATE_TTL_SECONDS are stale (worker gone).
-ENDPOINT_STATE_KEY: Final = "blockhook:endpoint-circuits"
-ENDPOINT_STATE_TTL_SECONDS: Final = 60.0
 # How long close() waits for deliveries in flight (their POST timeouts bound it in practice).
 CLOSE_TIMEOUT_SECONDS: Final = 330.0
 

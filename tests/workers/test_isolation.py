@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import redis
 
+from core.queue import ENDPOINT_STATE_KEY
 from tests.support.receiver import Receiver, Step
 from tests.workers import rows
 from tests.workers.conftest import RuntimeFactory, WorkUntil
 from tests.workers.process import WorkerProcess
 from workers import metrics
 from workers.endpoints import Circuit, Endpoint, endpoint_key
-from workers.runtime import ENDPOINT_STATE_KEY
 
 
 def _two_endpoints(db_url: str, *, hang_url: str, healthy_url: str, secret: str,
