@@ -4,8 +4,9 @@ A non-forking RQ worker (``SimpleWorker``: per-job fork overhead would cap throu
 jobs/s) on queue ``blockhook-deliveries``; due retries are promoted by every worker process
 (:mod:`workers.promoter`), not by RQ's lock-guarded singleton scheduler. SIGTERM or
 SIGINT: finish the current job, exit 0 (RQ's warm shutdown); a second signal stops at once.
-A background thread (promoter, sealer) that dies unexpectedly stops the worker the same way,
-then exits 3 so its supervisor restarts it (:mod:`workers.loops`).
+A background loop (promoter, sealer, the delivery engine's recorder) that dies unexpectedly, or
+an SQL/schema error from the database, stops the worker the same way, then it exits 1 with one
+line naming the reason, so its supervisor restarts it (:mod:`workers.loops`).
 Bad configuration or an unreachable database/Redis: one line on stderr, exit 1 (2 for invalid
 settings).
 
@@ -61,21 +62,24 @@ def _seal_at_start(settings: WorkerSettings) -> None:
         log.warning("could not seal webhook secrets at start", error=type(error).__name__)
 
 
-LOOP_DIED_EXIT = 3
+FATAL_EXIT = 1
 
 
-class LoopDeaths:
-    """Records which background loop died and asks the worker to stop (a warm shutdown)."""
+class FatalReasons:
+    """Collects why the worker cannot go on (a background loop died, the database rejected a
+    query) and asks it to stop: a warm shutdown, as on SIGTERM, then exit 1."""
 
     def __init__(self) -> None:
-        self.dead: list[str] = []
+        self.reasons: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, reason: str) -> None:
         with self._lock:
-            self.dead.append(name)
-        log.error("a background loop died; stopping the worker so it is restarted", loop=name)
-        os.kill(os.getpid(), signal.SIGTERM)
+            first = not self.reasons
+            self.reasons.append(reason)
+        log.error("stopping the worker so its supervisor restarts it", reason=reason)
+        if first:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,16 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.info("webhook secrets are sealed", key_id=keyring.current_id,
                  accepted_key_ids=list(keyring.key_ids))
-    deaths = LoopDeaths()
-    runtime.configure(settings, redis_client=redis_client, on_fatal=deaths)
+    fatal = FatalReasons()
+    runtime.configure(settings, redis_client=redis_client, on_fatal=fatal)
     worker = DeliveryWorker([delivery_queue(redis_client)], connection=redis_client)
     log.info("worker starting", burst=args.burst, batch_size=settings.worker_batch_size,
              allow_private=settings.webhook_allow_private)
     # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.
     rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     queue = delivery_queue(redis_client)
-    promoter = Promoter(queue, on_death=deaths)
-    sealer = Sealer(settings.database_url, keyring, on_death=deaths,
+    promoter = Promoter(queue, on_death=lambda name: fatal(f"background loop died: {name}"))
+    sealer = Sealer(settings.database_url, keyring,
+                    on_death=lambda name: fatal(f"background loop died: {name}"),
                     session_options=db.libpq_options(settings.db_timeouts()))
     if args.burst:
         _seal_at_start(settings)
@@ -125,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             promoter.stop()
             sealer.stop()
         runtime.close()
-    if deaths.dead:
-        print(f"workers: background loop died: {', '.join(deaths.dead)}", file=sys.stderr)
-        return LOOP_DIED_EXIT
+    if fatal.reasons:
+        print(f"workers: {redact_urls_in(fatal.reasons[0])}", file=sys.stderr)
+        return FATAL_EXIT
     log.info("worker stopped")
     return 0
 

@@ -44,7 +44,7 @@ from core.settings import WorkerSettings, load_settings
 from workers import metrics
 from workers.attempt import RetryPolicy
 from workers.delivery import WebhookClient
-from workers.dispatch import BatchReport, Dispatcher, DispatchSettings, Leases
+from workers.dispatch import BatchReport, Dispatcher, DispatchSettings, Leases, Submitted
 from workers.endpoints import Endpoint
 
 log = structlog.get_logger(__name__)
@@ -79,6 +79,7 @@ class Runtime:
                                   max_attempts=settings.webhook_max_attempts,
                                   default_timeout=settings.webhook_timeout)
         self.keyring = settings.keyring()
+        self.on_fatal = on_fatal
         self.leases = Leases()
         self.dispatcher = Dispatcher(
             pool=pool, client=client, policy=self.policy, leases=self.leases,
@@ -153,7 +154,7 @@ class Runtime:
             chunk = list(delivery_ids[start:start + size])
             unclaimed: dict[int, float] = {}
             for pause in (*QUICK_RECLAIM_PAUSES, None):
-                submitted = self._run(self.dispatcher.submit(chunk))
+                submitted = self._submit(chunk)
                 totals["claimed"] += submitted.claimed
                 totals["parked"] += submitted.parked
                 unclaimed.update(submitted.unclaimed)
@@ -170,6 +171,16 @@ class Runtime:
             if unclaimed:
                 self._after_commit(BatchReport(unclaimed=unclaimed), lock_retries=lock_retries)
         return dict(totals)
+
+    def _submit(self, chunk: list[int]) -> Submitted:
+        """``Dispatcher.submit``; an SQL or schema error also stops the worker (``on_fatal``):
+        retrying the job could not help. Any error fails the job (rows stay open)."""
+        try:
+            return self._run(self.dispatcher.submit(chunk))
+        except asyncpg.PostgresError as error:
+            if not db.is_transient(error) and self.on_fatal is not None:
+                self.on_fatal(str(db.DatabaseBroken.from_error(error)))
+            raise
 
     def _after_commit(self, report: BatchReport, *, lock_retries: int) -> None:
         """Redis side effects of committed outcomes (retries, ``removed`` deliveries) or of a

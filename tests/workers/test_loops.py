@@ -108,3 +108,28 @@ def test_sealer_survives_an_unexpected_error(plain_db_url: str,
         assert loop.is_alive() and deaths == []
     finally:
         loop.stop()
+
+
+def test_the_worker_exits_1_when_a_background_loop_dies(
+        plain_db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m workers``'s main, in-process (RQ's signal handlers need the main thread):
+    the promoter thread dies a second after start; the worker stops and exits 1."""
+    from workers import __main__ as worker_main
+    from workers import runtime as worker_runtime
+
+    def die_soon(self: Promoter) -> None:
+        time.sleep(1.0)
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(Promoter, "serve", die_soon)
+    for name, value in {"DATABASE_URL": plain_db_url, "REDIS_URL": redis_url,
+                        "METRICS_PORT": "0", "WEBHOOK_ALLOW_PRIVATE": "true"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        started = time.monotonic()
+        assert worker_main.main([]) == 1
+        assert time.monotonic() - started < 20
+    finally:
+        worker_runtime.configure(None)  # type: ignore[arg-type]
+    assert "workers: background loop died: promoter" in capsys.readouterr().err

@@ -204,3 +204,24 @@ def test_metrics_are_served(plain_db_url: str, redis_url: str, receiver: Receive
                  "blockhook_workers_failed_total 0.0"):
         assert line in text, line
     client.close()
+
+
+def test_schema_error_stops_the_worker_with_one_line_naming_the_query(
+        plain_db_url: str, redis_url: str, receiver: Receiver, secret: str,
+        spawn: type[WorkerProcess]) -> None:
+    [delivery_id] = rows.webhook_setup(plain_db_url, hook_url=receiver.url, secret=secret)
+    with psycopg.connect(plain_db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE deliveries RENAME COLUMN next_attempt_at TO next_attempt_gone")
+    try:
+        client = redis.Redis.from_url(redis_url)
+        rows.enqueue(client, [delivery_id])
+        client.close()
+        worker = spawn()
+        assert worker.wait(30) == 1, worker.output
+        [line] = [line for line in worker.output.splitlines() if line.startswith("workers:")]
+        assert "database error 42703" in line and "next_attempt_at" in line and "query: " in line
+        assert receiver.count() == 0
+    finally:
+        with psycopg.connect(plain_db_url, autocommit=True) as conn:
+            conn.execute(
+                "ALTER TABLE deliveries RENAME COLUMN next_attempt_gone TO next_attempt_at")
