@@ -63,6 +63,8 @@ log = structlog.get_logger(__name__)
 
 RECORD_RETRY_SECONDS = 120.0
 RECORD_BATCH = 200
+# The recorder waits this long for more outcomes before a small batch (fewer transactions).
+RECORD_LINGER_SECONDS = 0.003
 MAINTENANCE_INTERVAL_SECONDS = 1.0
 # Ids parked per endpoint at most; beyond, the sweep brings them back.
 WAITING_LIMIT = 100_000
@@ -146,6 +148,8 @@ class Dispatcher:
         self.endpoints: dict[str, Endpoint] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._refilling: set[str] = set()
+        # Endpoints a claim in progress refers to: maintenance must not forget them meanwhile.
+        self._pinned: dict[str, int] = defaultdict(int)
         self._done: list[_Done] = []
         self._done_ready = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
@@ -217,27 +221,53 @@ class Dispatcher:
             return submitted
         lease = self._next_lease()
         now = time.monotonic()
-        async with self.pool.acquire() as conn, conn.transaction():
-            candidates = await claim_candidates(conn, delivery_ids)
-            picked: list[int] = []
-            picked_for: dict[str, int] = defaultdict(int)
-            parked: dict[str, list[int]] = defaultdict(list)
-            for delivery_id, url in candidates:
-                endpoint = self._endpoint(endpoint_key(url))
-                if endpoint.capacity(now) > picked_for[endpoint.key]:
-                    picked.append(delivery_id)
-                    picked_for[endpoint.key] += 1
-                else:
-                    parked[endpoint.key].append(delivery_id)
-            rows = await claim_deliveries(
-                conn, picked, lease=lease, default_timeout=self.policy.default_timeout,
-                rounds=HOST_BACKLOG_FACTOR) if picked else []
-            if report_unclaimed and len(candidates) < len(delivery_ids):
-                submitted.unclaimed = await unclaimed_soon(
-                    conn, delivery_ids, [delivery_id for delivery_id, _ in candidates])
+        pinned: set[str] = set()
+        try:
+            return await self._claim_pinned(delivery_ids, lease=lease, now=now, pinned=pinned,
+                                            report_unclaimed=report_unclaimed)
+        finally:
+            for key in pinned:
+                self._pinned[key] -= 1
+                if not self._pinned[key]:
+                    del self._pinned[key]
+
+    async def _claim_pinned(self, delivery_ids: list[int], *, lease: str, now: float,
+                            pinned: set[str], report_unclaimed: bool) -> Submitted:
+        submitted = Submitted()
+        counted: dict[str, int] = {}
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                candidates = await claim_candidates(conn, delivery_ids)
+                picked: list[int] = []
+                picked_for: dict[str, int] = defaultdict(int)
+                parked: dict[str, list[int]] = defaultdict(list)
+                for delivery_id, url in candidates:
+                    endpoint = self._endpoint(endpoint_key(url))
+                    if endpoint.key not in pinned:
+                        pinned.add(endpoint.key)
+                        self._pinned[endpoint.key] += 1
+                    if endpoint.capacity(now) > picked_for[endpoint.key]:
+                        picked.append(delivery_id)
+                        picked_for[endpoint.key] += 1
+                    else:
+                        parked[endpoint.key].append(delivery_id)
+                # Counted before the statement: a concurrent claim (another job, a refill)
+                # sees the capacity taken, so a circuit gets one probe, not one per claim.
+                for key, count in picked_for.items():
+                    self.endpoints[key].leased_now(count)
+                    counted[key] = count
+                rows = await claim_deliveries(
+                    conn, picked, lease=lease, default_timeout=self.policy.default_timeout,
+                    rounds=HOST_BACKLOG_FACTOR) if picked else []
+                if report_unclaimed and len(candidates) < len(delivery_ids):
+                    submitted.unclaimed = await unclaimed_soon(
+                        conn, delivery_ids, [delivery_id for delivery_id, _ in candidates])
+        except BaseException:
+            for key, count in counted.items():  # nothing was leased
+                self.endpoints[key].leased -= count
+                self.endpoints[key].probe_skipped()
+            raise
         keys = {delivery_id: endpoint_key(url) for delivery_id, url in candidates}
-        for key, count in picked_for.items():
-            self.endpoints[key].leased_now(count)
         claimed_ids = {row["id"] for row in rows}
         for delivery_id in picked:  # picked but gone meanwhile cannot happen (rows locked)
             if delivery_id not in claimed_ids:
@@ -330,6 +360,8 @@ class Dispatcher:
     async def _recorder(self) -> None:
         while True:
             await self._done_ready.wait()
+            if len(self._done) < RECORD_BATCH // 4:
+                await asyncio.sleep(RECORD_LINGER_SECONDS)
             self._done_ready.clear()
             while self._done:
                 batch, self._done = self._done[:RECORD_BATCH], self._done[RECORD_BATCH:]
@@ -396,7 +428,8 @@ class Dispatcher:
                     metrics.ENDPOINT_WAITING.labels(endpoint.key).set(len(endpoint.waiting))
                     if (not endpoint.is_open and not endpoint.leased and not endpoint.waiting
                             and not endpoint.consecutive_failures
-                            and endpoint.key not in self._refilling):
+                            and endpoint.key not in self._refilling
+                            and endpoint.key not in self._pinned):
                         self._forget(endpoint.key)
                 if time.monotonic() - last_publish >= 5.0:
                     last_publish = time.monotonic()
