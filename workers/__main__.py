@@ -56,7 +56,8 @@ def _seal_at_start(settings: WorkerSettings) -> None:
     """One sealing sweep before the first job; a failure is logged, not fatal (the sealer
     thread, or the next worker, tries again)."""
     try:
-        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10,
+                             options=db.libpq_options(settings.db_timeouts())) as conn:
             seal_once(conn, settings.keyring())
     except psycopg.Error as error:
         log.warning("could not seal webhook secrets at start", error=type(error).__name__)
