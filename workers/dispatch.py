@@ -152,6 +152,7 @@ class Dispatcher:
         self._pinned: dict[str, int] = defaultdict(int)
         self._done: list[_Done] = []
         self._done_ready = asyncio.Event()
+        self._recording = 0  # outcomes taken by the recorder, not committed yet
         self._sending: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
@@ -192,7 +193,7 @@ class Dispatcher:
             task.cancel()
 
     def _idle(self) -> bool:
-        if self._done:
+        if self._done or self._recording:
             return False
         return all(e.leased == 0 and (not e.waiting or e.is_open)
                    for e in self.endpoints.values())
@@ -236,7 +237,9 @@ class Dispatcher:
         submitted = Submitted()
         counted: dict[str, int] = {}
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            # Two statements, no transaction: the candidates are read without locks, the claim
+            # statement locks (SKIP LOCKED), re-checks and leases the picked ones atomically.
+            async with self.pool.acquire() as conn:
                 candidates = await claim_candidates(conn, delivery_ids)
                 picked: list[int] = []
                 picked_for: dict[str, int] = defaultdict(int)
@@ -259,9 +262,12 @@ class Dispatcher:
                 rows = await claim_deliveries(
                     conn, picked, lease=lease, default_timeout=self.policy.default_timeout,
                     rounds=HOST_BACKLOG_FACTOR) if picked else []
-                if report_unclaimed and len(candidates) < len(delivery_ids):
-                    submitted.unclaimed = await unclaimed_soon(
-                        conn, delivery_ids, [delivery_id for delivery_id, _ in candidates])
+                handled = {row["id"] for row in rows}
+                for ids in parked.values():
+                    handled.update(ids)
+                if report_unclaimed and len(handled) < len(delivery_ids):
+                    # Locked by another transaction right now, leased meanwhile, or due soon.
+                    submitted.unclaimed = await unclaimed_soon(conn, delivery_ids, list(handled))
         except BaseException:
             for key, count in counted.items():  # nothing was leased
                 self.endpoints[key].leased -= count
@@ -269,9 +275,11 @@ class Dispatcher:
             raise
         keys = {delivery_id: endpoint_key(url) for delivery_id, url in candidates}
         claimed_ids = {row["id"] for row in rows}
-        for delivery_id in picked:  # picked but gone meanwhile cannot happen (rows locked)
+        for delivery_id in picked:  # locked by someone else, or leased meanwhile
             if delivery_id not in claimed_ids:
-                self.endpoints[keys[delivery_id]].leased -= 1
+                endpoint = self.endpoints[keys[delivery_id]]
+                endpoint.leased -= 1
+                endpoint.probe_skipped()
         jitter = random.random()
         for row in rows:
             endpoint = self.endpoints[keys[row["id"]]]
@@ -295,6 +303,8 @@ class Dispatcher:
         room = endpoint.capacity(time.monotonic())
         if room <= 0:
             return
+        if endpoint.leased and room < min(endpoint.cap, len(endpoint.waiting)):
+            return  # claim in chunks of about the cap: fewer, larger claims
         ids = endpoint.take_waiting(room)
         self._refilling.add(endpoint.key)
 
@@ -335,9 +345,13 @@ class Dispatcher:
                     metrics.ENDPOINT_INFLIGHT.labels(endpoint.key).set(endpoint.in_flight)
             self._count(endpoint, outcome)
         finally:
+            # Its endpoint place is free once the request is over (recording is separate: the
+            # next deliveries need not wait for it).
+            endpoint.leased -= 1
             self._done.append(_Done(row["id"], lease, endpoint, outcome,
                                     lease_lost=bool(row["lease_lost"])))
             self._done_ready.set()
+            self._refill(endpoint)
 
     def _count(self, endpoint: Endpoint, outcome: Outcome) -> None:
         if outcome.endpoint_ok is None:
@@ -365,6 +379,7 @@ class Dispatcher:
             self._done_ready.clear()
             while self._done:
                 batch, self._done = self._done[:RECORD_BATCH], self._done[RECORD_BATCH:]
+                self._recording += len(batch)
                 try:
                     report = await self._record(batch)
                 except DatabaseBroken as error:
@@ -376,8 +391,7 @@ class Dispatcher:
                               "once their leases expire", deliveries=len(batch),
                               error=str(error) or repr(error))
                     report = None
-                for done in batch:
-                    done.endpoint.leased -= 1
+                self._recording -= len(batch)
                 if report is not None:
                     await self._run_after_commit(report)
                 for endpoint in {done.endpoint.key: done.endpoint for done in batch}.values():

@@ -73,8 +73,8 @@ LEFT JOIN events e ON e.id = d.event_id
 ORDER BY d.id
 """
 
-# The claimable rows among a job's ids and their endpoint URL, locked for the claiming
-# transaction only (the caller picks what endpoint capacity allows, then leases those).
+# The claimable rows among a job's ids and their endpoint URL, read without locking (the caller
+# picks what endpoint capacity allows; the claim statement then locks and re-checks those).
 _CANDIDATES = """
 SELECT d.id, a.config ->> 'url' AS url
 FROM deliveries d
@@ -84,7 +84,6 @@ WHERE d.id = ANY($1::bigint[])
   AND d.next_attempt_at <= clock_timestamp()
   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= clock_timestamp())
 ORDER BY d.id
-FOR UPDATE OF d SKIP LOCKED
 """
 
 _RELEASE = """
@@ -165,8 +164,8 @@ class Recorded:
 
 async def claim_candidates(conn: asyncpg.Connection,
                            delivery_ids: Sequence[int]) -> list[tuple[int, str | None]]:
-    """The open, due, unleased deliveries among ``delivery_ids`` with their webhook URL, locked
-    until the caller's transaction ends (rows locked by others right now are left out)."""
+    """The open, due, unleased deliveries among ``delivery_ids`` with their webhook URL, as of
+    now (not locked: :func:`claim_deliveries` re-checks what it leases)."""
     return [(row["id"], row["url"]) for row in await conn.fetch(_CANDIDATES, list(delivery_ids))]
 
 
