@@ -8,7 +8,8 @@ endpoint is the test receiver in its own process, in fast mode (records ids, no 
 that it measures the sender, not the verifier.
 
 Baseline, same run, same receiver: a raw aiohttp keep-alive POST loop (one process, the same
-concurrency as one worker batch, a body of the same size) — the rate at which this machine can
+concurrency as one worker batch, a body of the same size; the workers' per-endpoint cap is set to
+that concurrency, since the one receiver stands for many endpoints) — the rate at which this machine can
 POST to that receiver at all. The ratio is the price of the record (leases, outcomes,
 signatures, RQ).
 
@@ -157,8 +158,11 @@ def run(backend: str = "plain") -> list[Figure]:
 
             enqueue_deliveries(client, ids)
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # One receiver stands for many endpoints: the per-endpoint cap is raised to the raw
+            # loop's concurrency, so both send with the same number of requests in flight.
             env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
-                   "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING", "METRICS_PORT": "0"}
+                   "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING", "METRICS_PORT": "0",
+                   "WORKER_ENDPOINT_CONCURRENCY": str(IN_FLIGHT)}
             started = time.perf_counter()
             workers = [subprocess.Popen([sys.executable, "-m", "workers", "--burst"], cwd=ROOT,
                                         env=env, stderr=subprocess.PIPE)
