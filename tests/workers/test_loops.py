@@ -133,3 +133,35 @@ def test_the_worker_exits_1_when_a_background_loop_dies(
     finally:
         worker_runtime.configure(None)  # type: ignore[arg-type]
     assert "workers: background loop died: promoter" in capsys.readouterr().err
+
+
+def test_delivery_engine_tasks_survive_errors_and_report_their_death(
+        plain_db_url: str, redis_url: str) -> None:
+    """The dispatcher's maintenance task logs a failing tick and runs the next one; its recorder
+    task, killed, reports the death (the worker then exits 1)."""
+    from tests.workers.conftest import make_settings
+    from workers.runtime import Runtime
+
+    fatal: list[str] = []
+    runtime = Runtime.start(make_settings(plain_db_url, redis_url), on_fatal=fatal.append)
+    try:
+        dispatcher = runtime.dispatcher
+        calls = {"n": 0}
+
+        def broken_refill(endpoint: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("a bug in one tick")
+
+        async def add_endpoint() -> None:
+            dispatcher._endpoint("hooks.example:443").consecutive_failures = 1  # kept
+            dispatcher._refill = broken_refill  # type: ignore[method-assign]
+
+        runtime._run(add_endpoint())
+        assert _wait(lambda: calls["n"] >= 2, within=5)
+        assert fatal == []
+        recorder = dispatcher._background[0]
+        runtime.loop.call_soon_threadsafe(recorder.cancel)
+        assert _wait(lambda: fatal == ["delivery recorder task cancelled"], within=5)
+    finally:
+        runtime.close(timeout=5)
