@@ -20,6 +20,7 @@ import asyncpg
 import redis
 import structlog
 
+from core.leases import lease_free_sql
 from core.queue import delivery_queue, enqueue_deliveries
 from processor import metrics
 
@@ -70,12 +71,12 @@ ORDER BY id LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-_CLAIM_STALE_QUEUED = """
+_CLAIM_STALE_QUEUED = f"""
 SELECT id FROM deliveries
 WHERE status = 'queued'
   AND next_attempt_at < now() - make_interval(secs => $1)
   AND (queued_at IS NULL OR queued_at < now() - make_interval(secs => $1))
-  AND (lease_expires_at IS NULL OR lease_expires_at < now())
+  AND {lease_free_sql("deliveries")}
 ORDER BY id LIMIT $2
 FOR UPDATE SKIP LOCKED
 """

@@ -32,6 +32,8 @@ import structlog
 from rq import Queue
 
 from core import db
+from core.backoff import Backoff
+from core.leases import holder_lock_key_sql
 from core.queue import (
     ENDPOINT_STATE_KEY,
     JOB_FUNCTION,
@@ -67,7 +69,8 @@ class Runtime:
 
     def __init__(self, settings: WorkerSettings, *, loop: asyncio.AbstractEventLoop,
                  thread: threading.Thread, pool: asyncpg.Pool, client: WebhookClient,
-                 redis_client: redis.Redis, on_fatal: Callable[[str], None] | None = None) -> None:
+                 redis_client: redis.Redis, leases: Leases, holder: LeaseHolder,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.loop = loop
         self.thread = thread
@@ -80,7 +83,8 @@ class Runtime:
                                   default_timeout=settings.webhook_timeout)
         self.keyring = settings.keyring()
         self.on_fatal = on_fatal
-        self.leases = Leases()
+        self.leases = leases
+        self.holder = holder
         self.dispatcher = Dispatcher(
             pool=pool, client=client, policy=self.policy, leases=self.leases,
             keyring=self.keyring,
@@ -94,6 +98,7 @@ class Runtime:
 
     async def _start_dispatcher(self) -> None:
         self.dispatcher.start()
+        self.holder.start()
 
     @classmethod
     def start(cls, settings: WorkerSettings, *, redis_client: redis.Redis | None = None,
@@ -106,7 +111,11 @@ class Runtime:
                                   daemon=True)
         thread.start()
 
+        leases = Leases()
+        holder = LeaseHolder(settings, leases.worker_id)
+
         async def open_resources() -> tuple[asyncpg.Pool, WebhookClient]:
+            await holder.acquire()
             pool = await db.create_pool(
                 settings.database_url, min_size=1, max_size=4,
                 server_settings={"application_name": APPLICATION_NAME, **settings.db_timeouts()})
@@ -121,7 +130,7 @@ class Runtime:
             raise
         return cls(settings, loop=loop, thread=thread, pool=pool, client=client,
                    redis_client=redis_client or redis.Redis.from_url(settings.redis_url),
-                   on_fatal=on_fatal)
+                   leases=leases, holder=holder, on_fatal=on_fatal)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -136,6 +145,7 @@ class Runtime:
             await self.dispatcher.close(timeout)
             await self.client.close()
             await self.pool.close()
+            await self.holder.close()
 
         try:
             self._run(close_resources())
@@ -240,6 +250,57 @@ class Runtime:
                 if not e.is_open:
                     pipe.hdel(ENDPOINT_STATE_KEY, key)
             pipe.execute()
+
+
+class LeaseHolder:
+    """The connection holding this process's advisory lock for its whole life: other workers
+    take over its leases as soon as it is gone (:mod:`core.leases`). Re-acquired with backoff
+    when the connection is lost (a database restart); meanwhile a lease of ours may be taken
+    over and sent twice — at-least-once, same ``webhook-id``."""
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> None:
+        conn = await db.connect(self.settings.database_url, server_settings={
+            "application_name": f"{APPLICATION_NAME}-holder", **self.settings.db_timeouts()})
+        try:
+            await conn.execute(f"SELECT pg_advisory_lock({holder_lock_key_sql('$1::text')})",
+                               self.worker_id)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        backoff = Backoff(base=0.5, cap=10.0)
+        while True:
+            await asyncio.sleep(self.CHECK_SECONDS)
+            if self._conn is not None and not self._conn.is_closed():
+                continue
+            try:
+                await self.acquire()
+                backoff.reset()
+                log.info("lease holder lock re-acquired", worker=self.worker_id)
+            except Exception as error:
+                delay = backoff.next_delay()
+                log.warning("cannot re-acquire the lease holder lock, retrying",
+                            error=str(error) or repr(error), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
 
 
 def _quiet_lost_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -12,8 +12,9 @@ Lease protocol (no row lock is held across a network call):
    arrive); the same transaction then creates the ``removed`` delivery
    (:func:`ensure_removed_deliveries`). Any other outcome never reopens a final row.
 
-A worker that dies mid-attempt leaves its lease to expire; the row is then claimed again by
-whoever gets a job for it, and the webhook is sent again with the same ``webhook-id``.
+A worker that dies mid-attempt loses its holder lock at once (:mod:`core.leases`), or its lease
+expires; the row is then claimed again by whoever gets a job for it, and the webhook is sent
+again with the same ``webhook-id``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
+
+from core.leases import lease_free_sql
 
 # Unclaimed open rows due within this horizon are rechecked by the caller: held by another
 # transaction, or a job that ran a little early (RQ schedules at whole seconds; clocks of the
@@ -41,7 +44,7 @@ WITH due AS (
     WHERE d.id = ANY($1::bigint[])
       AND d.status IN ('pending', 'queued')
       AND d.next_attempt_at <= clock_timestamp()
-      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= clock_timestamp())
+      AND {lease_free_sql("d")}
     ORDER BY d.id
     FOR UPDATE OF d SKIP LOCKED
 ), leased AS (
@@ -75,14 +78,14 @@ ORDER BY d.id
 
 # The claimable rows among a job's ids and their endpoint URL, read without locking (the caller
 # picks what endpoint capacity allows; the claim statement then locks and re-checks those).
-_CANDIDATES = """
+_CANDIDATES = f"""
 SELECT d.id, a.config ->> 'url' AS url
 FROM deliveries d
 JOIN actions a ON a.id = d.action_id
 WHERE d.id = ANY($1::bigint[])
   AND d.status IN ('pending', 'queued')
   AND d.next_attempt_at <= clock_timestamp()
-  AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= clock_timestamp())
+  AND {lease_free_sql("d")}
 ORDER BY d.id
 """
 

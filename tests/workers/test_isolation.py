@@ -61,7 +61,16 @@ def test_a_hanging_endpoint_does_not_delay_a_healthy_one_in_the_same_worker(
             rows.enqueue(client, [hang_id, healthy_id])
             sent_at[f"dlv_{healthy_id}"] = time.time()
             time.sleep(0.1)
-        seen = receiver.wait_for(len(pairs), timeout=15)
+        try:
+            seen = receiver.wait_for(len(pairs), timeout=15)
+        except TimeoutError:
+            with rows.connect(plain_db_url) as conn:
+                print(conn.execute(
+                    """SELECT id, status, attempts, last_error, leased_by, lease_expires_at,
+                              next_attempt_at FROM deliveries WHERE id = ANY(%s)""",
+                    ([healthy for _, healthy in pairs],)).fetchall())
+            print(worker.output[-5000:])
+            raise
         delays = sorted(r.received_at - sent_at[str(r.webhook_id)] for r in seen)
         # Alone, each arrives within milliseconds; behind a 5 s timeout it would take minutes.
         assert delays[-1] < 2.0, delays

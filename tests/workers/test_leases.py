@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
+import psycopg
 import redis
 
 from core import db
+from core.leases import holder_lock_key_sql
 from processor.corrections import Corrections, correct_reorgs
 from tests.support.receiver import Receiver, Step
 from tests.workers import rows
@@ -152,24 +155,40 @@ def test_database_error_after_the_post_does_not_send_the_webhook_again(
     assert receiver.count() == 1
 
 
-def test_expired_lease_is_taken_over_with_the_same_webhook_id_and_a_live_one_is_not(
+def _hold_worker_lock(db_url: str, worker_id: str) -> psycopg.Connection[Any]:
+    """What a live worker process holds for its whole life (core.leases)."""
+    conn = psycopg.connect(db_url, autocommit=True)
+    conn.execute(f"SELECT pg_advisory_lock({holder_lock_key_sql('%s::text')})", (worker_id,))
+    return conn
+
+
+def test_leases_of_dead_or_late_workers_are_taken_over_with_the_same_webhook_id(
         plain_db_url: str, redis_client: redis.Redis, receiver: Receiver, secret: str,
         install_runtime: RuntimeFactory, work_until: WorkUntil) -> None:
     install_runtime(plain_db_url)
-    [live_id, dead_id] = rows.webhook_setup(plain_db_url, hook_url=receiver.url, secret=secret,
-                                            count=2)
-    # Two workers that claimed and then died mid-attempt: one lease still runs, one ran out.
-    assert _claim(plain_db_url, [live_id], lease="other:1:aa/1", seconds=60) == [live_id]
-    assert _claim(plain_db_url, [dead_id], lease="other:2:bb/1", seconds=0.2) == [dead_id]
-    time.sleep(0.3)
-    rows.enqueue(redis_client, [live_id, dead_id])
-    work_until(status_is(plain_db_url, dead_id, "delivered", "failed"))
-    assert [r.webhook_id for r in receiver.received()] == [f"dlv_{dead_id}"]
-    assert all(r.verified for r in receiver.received())
-    live = rows.delivery(plain_db_url, live_id)
-    assert (live["status"], live["leased_by"], live["attempts"]) == ("queued", "other:1:aa/1", 0)
-    dead = rows.delivery(plain_db_url, dead_id)
-    assert (dead["leased_by"], dead["lease_expires_at"], dead["attempts"]) == (None, None, 1)
+    [live_id, dead_id, late_id] = rows.webhook_setup(plain_db_url, hook_url=receiver.url,
+                                                     secret=secret, count=3)
+    alive = _hold_worker_lock(plain_db_url, "alive:1:aa")
+    try:
+        # A live worker mid-attempt; a worker that died mid-attempt (its session, and with it
+        # its holder lock, is gone) long before its lease ends; a live one whose lease ran out.
+        assert _claim(plain_db_url, [live_id], lease="alive:1:aa/1", seconds=60) == [live_id]
+        assert _claim(plain_db_url, [dead_id], lease="dead:2:bb/1", seconds=60) == [dead_id]
+        assert _claim(plain_db_url, [late_id], lease="alive:1:aa/2", seconds=0.2) == [late_id]
+        time.sleep(0.3)
+        rows.enqueue(redis_client, [live_id, dead_id, late_id])
+        work_until(lambda: all(rows.delivery(plain_db_url, i)["status"] == "delivered"
+                               for i in (dead_id, late_id)))
+        assert sorted(r.webhook_id or "" for r in receiver.received()) == sorted(
+            [f"dlv_{dead_id}", f"dlv_{late_id}"])
+        assert all(r.verified for r in receiver.received())
+        live = rows.delivery(plain_db_url, live_id)
+        assert (live["status"], live["leased_by"], live["attempts"]) == (
+            "queued", "alive:1:aa/1", 0)
+        dead = rows.delivery(plain_db_url, dead_id)
+        assert (dead["leased_by"], dead["lease_expires_at"], dead["attempts"]) == (None, None, 1)
+    finally:
+        alive.close()
 
 
 def test_late_outcome_of_a_lease_taken_over_is_not_recorded(plain_db_url: str) -> None:
