@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PermanentError
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -32,7 +32,32 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # cannot exclude chunks at plan time, and the one Postgres builds after five executions of a
 # prepared statement (to compare costs) took ~100 ms with 500 chunks — a latency spike per
 # connection and statement, for a plan that is then never used.
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+#
+# Timeouts bound what one statement, one lock wait and one idle transaction may cost, so a stuck
+# query or a forgotten transaction fails loudly instead of holding locks and connections:
+# ``DB_STATEMENT_TIMEOUT``, ``DB_LOCK_TIMEOUT`` and ``DB_IDLE_IN_TRANSACTION_TIMEOUT``
+# (core.settings.BaseServiceSettings) override these defaults per service.
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 60.0
+DEFAULT_LOCK_TIMEOUT_SECONDS = 10.0
+DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = 60.0
+
+
+def timeout_settings(*, statement: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+                     lock: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+                     idle_in_transaction: float = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
+                     ) -> dict[str, str]:
+    """Server settings for the three timeouts, in seconds (``0`` disables one)."""
+    return {"statement_timeout": f"{int(statement * 1000)}ms",
+            "lock_timeout": f"{int(lock * 1000)}ms",
+            "idle_in_transaction_session_timeout": f"{int(idle_in_transaction * 1000)}ms"}
+
+
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan", **timeout_settings()}
+
+
+def libpq_options(server_settings: dict[str, str]) -> str:
+    """``server_settings`` as a libpq ``options`` string, for psycopg connections."""
+    return " ".join(f"-c {name}={value}" for name, value in server_settings.items())
 # asyncpg waits 60 s for a connection by default; during a server restart that stalls recovery.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -67,6 +92,43 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 4
         raise ConfigError(f"cannot connect to the database: {str(error) or repr(error)}") from error
     assert pool is not None
     return pool
+
+
+# SQLSTATE classes and codes a retry can cure: connection exceptions (08), operator
+# intervention (57: admin shutdown, cannot connect now, statement timeout by cancel),
+# insufficient resources (53), transaction rollback (40: serialization failure, deadlock),
+# lock not available (55P03, lock_timeout).
+_TRANSIENT_CLASSES = ("08", "57", "53", "40")
+_TRANSIENT_CODES = ("55P03",)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a database error is worth retrying (lost connection, server restarting, a
+    timeout, a deadlock). SQL and schema errors (a missing column, a syntax or type error, a
+    constraint the code did not expect) are not: retrying them only hides a bug."""
+    if isinstance(error, asyncpg.InvalidCachedStatementError):
+        return True  # a migration changed a table under a prepared statement: re-prepared
+    if isinstance(error, asyncpg.PostgresError):
+        code = str(getattr(error, "sqlstate", "") or "")
+        return code.startswith(_TRANSIENT_CLASSES) or code in _TRANSIENT_CODES
+    return isinstance(error, (OSError, TimeoutError, asyncpg.InterfaceError,
+                              asyncpg.InternalClientError))
+
+
+class DatabaseBroken(PermanentError):
+    """An SQL or schema error (the database does not match the code, or the code has a bug):
+    retrying cannot help. Services exit 1 with its one-line message."""
+
+    @classmethod
+    def from_error(cls, error: BaseException, query: str | None = None) -> DatabaseBroken:
+        """One line naming the failing query (asyncpg keeps it on the error) and the error."""
+        detail = (str(error).splitlines() or [""])[0] or type(error).__name__
+        code = getattr(error, "sqlstate", None)
+        text = f"database error {code}: {detail}" if code else f"database error: {detail}"
+        query = query if query is not None else getattr(error, "query", None)
+        if query:
+            text += f" in query: {' '.join(str(query).split())[:200]}"
+        return cls(text)
 
 
 def advisory_key(role: str, chain_id: int) -> int:

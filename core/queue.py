@@ -21,6 +21,11 @@ REPLAY_QUEUE_NAME = "blockhook-deliveries-replay"
 # Smaller jobs there: a live job waits at most for the history job a worker is in (one chunk of
 # the default WORKER_BATCH_SIZE instead of four).
 REPLAY_JOB_BATCH_SIZE = 50
+# Redis hash of webhook endpoints whose circuit breaker holds deliveries back (field: host:port,
+# value: JSON written by the worker process that saw it; workers.runtime), read by status.
+ENDPOINT_STATE_KEY = "blockhook:endpoint-circuits"
+# An entry not refreshed for this long is stale (its worker stopped).
+ENDPOINT_STATE_TTL_SECONDS = 60.0
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # RQ costs ~27 Redis round trips per job whatever its size; 200 ids per job took the delivery
 # benchmark from ~1,100-1,800 to ~2,000-2,300 deliveries/s (2 workers) and worker CPU from ~340 to
@@ -59,6 +64,7 @@ def enqueue_deliveries(redis: Redis, delivery_ids: Sequence[int], *,
     queue = delivery_queue(redis, queue_name)
     jobs = [
         Queue.prepare_data(JOB_FUNCTION, args=(list(delivery_ids[i:i + batch_size]),),
+                           kwargs={"history": True} if queue_name == REPLAY_QUEUE_NAME else None,
                            timeout=JOB_TIMEOUT_SECONDS, result_ttl=0, failure_ttl=86400,
                            retry=job_retry())
         for i in range(0, len(delivery_ids), batch_size)

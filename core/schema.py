@@ -214,6 +214,9 @@ deliveries = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("latency_ms", Float),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The lease of the attempt in flight (workers.store): who claimed it and until when.
+    Column("leased_by", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
     UniqueConstraint("action_id", "event_id", "kind"),
     CheckConstraint(_in("kind", DELIVERY_KINDS), name="kind_known"),
     CheckConstraint(_in("status", DELIVERY_STATUSES), name="status_known"),

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.db import timeout_settings
 from core.redact import redact_url, redact_urls_in
 
 if TYPE_CHECKING:
@@ -74,6 +75,15 @@ class BaseServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Per database session, in seconds (0 disables): see core.db.timeout_settings.
+    db_statement_timeout: float = Field(default=60.0, ge=0)
+    db_lock_timeout: float = Field(default=10.0, ge=0)
+    db_idle_in_transaction_timeout: float = Field(default=60.0, ge=0)
+
+    def db_timeouts(self) -> dict[str, str]:
+        """The session timeouts as server settings for ``core.db.connect``/``create_pool``."""
+        return timeout_settings(statement=self.db_statement_timeout, lock=self.db_lock_timeout,
+                                idle_in_transaction=self.db_idle_in_transaction_timeout)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -309,6 +319,10 @@ class WorkerSettings(EncryptionSettings):
     webhook_retry_schedule: str = "5,30,120,600,1800,3600,7200"
     webhook_allow_private: bool = False
     worker_batch_size: int = Field(default=50, ge=1)
+    # Per endpoint (host:port) and worker process: see workers.endpoints.
+    worker_endpoint_concurrency: int = Field(default=10, ge=1)
+    worker_circuit_failures: int = Field(default=5, ge=0)
+    worker_circuit_probe_interval: float = Field(default=30.0, gt=0)
 
     @field_validator("webhook_retry_schedule")
     @classmethod

@@ -28,7 +28,7 @@ async def main(stop: asyncio.Event) -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="processor")
     serve_metrics(settings.metrics_port)
     pool = await create_pool(settings.database_url, min_size=1, max_size=4,
-                             server_settings=POOL_SERVER_SETTINGS)
+                             server_settings={**POOL_SERVER_SETTINGS, **settings.db_timeouts()})
     # Timeouts keep a dead Redis from hanging the loop: the rows stay pending and are swept.
     redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
                                         socket_timeout=5)

@@ -1,7 +1,13 @@
 """Reorg corrections (guarantee 4): for the events a reorg invalidated,
 
-- ``matched`` deliveries still ``pending``/``queued`` become ``cancelled`` (their RQ job carries a
-  batch of ids and is left in Redis: workers skip rows that are final, so the row is the cancel);
+- ``matched`` deliveries still ``pending``/``queued`` and held by no worker become ``cancelled``
+  (their RQ job carries a batch of ids and is left in Redis: workers skip rows that are final,
+  so the row is the cancel);
+- ``matched`` deliveries under a worker's lease (an attempt in flight, or one whose outcome was
+  never recorded) are left to that lease, never waited for: if the attempt delivers, the
+  worker's outcome transaction creates the ``removed`` delivery; otherwise the next claim finds
+  the event invalidated and cancels the row, creating the ``removed`` delivery too when the lost
+  attempt may have been sent (:mod:`workers.store`, :mod:`workers.attempt`);
 - ``matched`` deliveries already ``delivered`` get exactly one ``removed`` delivery (the unique
   key on (action, event, kind) makes it one whoever runs this, however often);
 - deferred matches are dropped (ripening re-checks validity too).
@@ -42,6 +48,7 @@ _CANCEL = """
 UPDATE deliveries
 SET status = 'cancelled', last_error = 'event invalidated by a chain reorganisation'
 WHERE event_id = ANY($1::bigint[]) AND kind = 'matched' AND status IN ('pending', 'queued')
+  AND leased_by IS NULL
 RETURNING id
 """
 
@@ -77,8 +84,8 @@ async def correct_reorgs(conn: asyncpg.Connection, *, recheck: bool = False,
             event_ids = [row["id"] for row in
                          await conn.fetch(_INVALIDATED, reorg["chain_id"], reorg["common_ancestor"])]
             if event_ids:
-                # Cancel before creating 'removed': a worker finishing an attempt holds the row
-                # lock, so the cancel waits and then sees 'delivered', which the insert covers.
+                # Leased rows are skipped, not waited for: workers hold no lock across a POST
+                # and resolve their own leases (see the module docstring).
                 result.cancelled += len(await conn.fetch(_CANCEL, event_ids))
                 created = await conn.fetch(_REMOVED, event_ids)
                 result.removed_ids += [row["id"] for row in created]

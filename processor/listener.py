@@ -17,7 +17,7 @@ import structlog
 
 from core.backoff import Backoff
 from core.channels import CHANNEL_CHECKPOINTS, CHANNEL_EVENTS, CHANNEL_REORGS, CHANNEL_TRIGGERS
-from core.db import asyncpg_dsn
+from core.db import asyncpg_dsn, timeout_settings
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +75,8 @@ async def listen(database_url: str, wakeups: Wakeups, stop: asyncio.Event, *,
 
     while not stop.is_set():
         try:
-            conn = await asyncpg.connect(dsn, timeout=5,
-                                         server_settings={"application_name": APPLICATION_NAME})
+            conn = await asyncpg.connect(dsn, timeout=5, server_settings={
+                "application_name": APPLICATION_NAME, **timeout_settings()})
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
             delay = backoff.next_delay()
             log.warning("listener cannot connect, retrying", error=str(error) or repr(error),
@@ -94,6 +94,10 @@ async def listen(database_url: str, wakeups: Wakeups, stop: asyncio.Event, *,
             await _watch(conn, lost, stop, ping_interval)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
             log.warning("listener connection lost", error=str(error))
+        except Exception:
+            # Never deaf for good: whatever went wrong, a fresh connection (and the full sweep
+            # its "reconnected" wake-up brings) is the cure.
+            log.exception("listener failed unexpectedly, reconnecting")
         finally:
             if not conn.is_closed():
                 conn.terminate()

@@ -20,6 +20,7 @@ import asyncpg
 import redis
 import structlog
 
+from core.leases import lease_free_sql
 from core.queue import (
     JOB_BATCH_SIZE,
     QUEUE_NAME,
@@ -68,8 +69,8 @@ UPDATE deliveries SET status = 'queued', queued_at = now()
 WHERE id = ANY('{{{ids}}}'::bigint[]) AND status = 'pending'
 """
 
-# Claimed with SKIP LOCKED so two processors never sweep the same rows; a worker holding a row
-# for an attempt also keeps it out of the sweep.
+# Claimed with SKIP LOCKED so two processors never sweep the same rows; a worker's live lease
+# (an attempt in flight) also keeps a row out of the sweep.
 _CLAIM_PENDING = """
 SELECT id FROM deliveries
 WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1)
@@ -77,11 +78,12 @@ ORDER BY id LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-_CLAIM_STALE_QUEUED = """
+_CLAIM_STALE_QUEUED = f"""
 SELECT id FROM deliveries
 WHERE status = 'queued'
   AND next_attempt_at < now() - make_interval(secs => $1)
   AND (queued_at IS NULL OR queued_at < now() - make_interval(secs => $1))
+  AND {lease_free_sql("deliveries")}
 ORDER BY id LIMIT $2
 FOR UPDATE SKIP LOCKED
 """

@@ -3,7 +3,11 @@
 Every unit of work (a claim of batches, a ripening, a correction, an outbox sweep) is one
 transaction followed by an enqueue, so stopping between units loses and duplicates nothing.
 Database or Redis outages are transient: the loop backs off and retries; the LISTEN connection
-reconnects on its own and its ``"reconnected"`` wake-up triggers a full sweep.
+reconnects on its own and its ``"reconnected"`` wake-up triggers a full sweep. SQL and schema
+errors (a missing column, a type error: :func:`core.db.is_transient`) are not: one line naming
+the query and the error, and the process exits 1 (no retry loop hiding a bug). A background
+sweep that fails unexpectedly is logged and tried again at the next interval; a listener or
+sweeper task that ends anyway ends the processor (exit non-zero) so its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import redis
 import structlog
 
 from core.backoff import Backoff
+from core.db import DatabaseBroken, is_transient
 from processor import metrics
 from processor.batches import process_batches
 from processor.confirmations import ripen_deferred
@@ -52,6 +57,12 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'queued' AND attempts > 0) AS retrying
 FROM deliveries WHERE status IN ('pending', 'queued')
 """
+
+
+def _raise_if_permanent(error: BaseException) -> None:
+    """Turn an SQL or schema error into :class:`DatabaseBroken` (exit 1, one line)."""
+    if isinstance(error, asyncpg.PostgresError) and not is_transient(error):
+        raise DatabaseBroken.from_error(error) from error
 
 
 class Processor:
@@ -89,8 +100,9 @@ class Processor:
                     break
                 if listener.done():
                     listener.result()  # a bug in the listener must not leave us deaf: re-raise
+                    raise RuntimeError("the LISTEN task ended unexpectedly")
                 if sweeper is not None and sweeper.done():
-                    sweeper.result()  # transient errors are handled inside; re-raise bugs
+                    sweeper.result()  # errors are handled inside; only a fatal one re-raises
                     sweeper = None
                 if reasons & {"reconnected", "triggers"}:
                     self._registry_stale = True
@@ -101,6 +113,7 @@ class Processor:
                 try:
                     await self.step(stop, sweep=False, reasons=reasons)
                 except TRANSIENT as error:
+                    _raise_if_permanent(error)
                     delay = backoff.next_delay()
                     log.warning("processing failed, retrying", error=str(error) or repr(error),
                                 retry_in=round(delay, 2))
@@ -110,7 +123,7 @@ class Processor:
                 backoff.reset()
         finally:
             if sweeper is not None:
-                with contextlib.suppress(*TRANSIENT):
+                with contextlib.suppress(*TRANSIENT, DatabaseBroken):
                     await sweeper  # a unit of work: let it finish
             stopper.cancel()
             listener.cancel()
@@ -123,8 +136,12 @@ class Processor:
         try:
             await self.sweep()
         except TRANSIENT as error:
+            _raise_if_permanent(error)
             # The next sweep (or wake-up) retries; nothing was half-done (one tx per unit).
             log.warning("sweep failed, will retry", error=str(error) or repr(error))
+        except Exception:
+            # A bug hit by some row must not stop the safety net for good: log, try again later.
+            log.exception("sweep failed unexpectedly, will retry")
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

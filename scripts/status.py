@@ -51,12 +51,15 @@ from retention.policy import RetentionPolicy  # noqa: E402
 from scripts.ops.rpc import NodeHead, node_head  # noqa: E402
 from scripts.ops.status_queries import (  # noqa: E402
     ChainStatus,
+    CircuitRow,
     EndpointRow,
     InvalidTriggerRow,
     QueueStatus,
     chain_statuses,
+    circuit_rows,
     deliveries_last_hour,
     endpoint_rows,
+    in_flight_deliveries,
     invalid_triggers,
     open_deliveries,
     queue_status,
@@ -72,6 +75,9 @@ class StatusReport(BaseModel):
     queue: QueueStatus
     deliveries_last_hour: dict[str, int]
     deliveries_open: int
+    deliveries_in_flight: int
+    # Webhook endpoints whose circuit breaker holds deliveries back (workers report them).
+    webhook_circuits: list[CircuitRow]
     invalid_triggers: list[InvalidTriggerRow]
     nodes: list[NodeHead]
     tables: list[TableStat]  # largest first
@@ -95,6 +101,8 @@ async def collect(database_url: str, redis_url: str, rpc_urls: list[str],
             queue=await asyncio.to_thread(queue_status, redis_url),
             deliveries_last_hour=await deliveries_last_hour(conn),
             deliveries_open=await open_deliveries(conn),
+            deliveries_in_flight=await in_flight_deliveries(conn),
+            webhook_circuits=await asyncio.to_thread(circuit_rows, redis_url),
             invalid_triggers=await invalid_triggers(conn),
             nodes=list(heads),
             tables=await table_stats(conn, storage=storage),
@@ -167,7 +175,21 @@ def render(report: StatusReport, console: Console) -> None:
         deliveries.add_column(status, justify="right")
     deliveries.add_row(*(f"{count:,}" for count in report.deliveries_last_hour.values()))
     console.print(deliveries)
-    console.print(f"open deliveries (pending or queued, any age): {report.deliveries_open:,}")
+    console.print(f"open deliveries (pending or queued, any age): {report.deliveries_open:,}, "
+                  f"{report.deliveries_in_flight:,} in flight")
+    if report.webhook_circuits:
+        circuits = Table(title="webhook endpoints paused by their circuit breaker",
+                         title_justify="left")
+        circuits.add_column("endpoint", no_wrap=True)
+        for column in ("circuit", "failures", "waiting", "open for", "last error"):
+            circuits.add_column(column)
+        for circuit in report.webhook_circuits:
+            circuits.add_row(circuit.endpoint, circuit.circuit, str(circuit.failures),
+                             f"{circuit.waiting:,}", _age(circuit.open_for_seconds),
+                             circuit.last_error or "")
+        console.print(circuits)
+    else:
+        console.print("webhook endpoints paused: none")
 
     if report.invalid_triggers:
         broken = Table(title="invalid triggers (skipped by the processor)", title_justify="left")

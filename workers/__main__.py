@@ -4,6 +4,9 @@ A non-forking RQ worker (``SimpleWorker``: per-job fork overhead would cap throu
 jobs/s) on queue ``blockhook-deliveries``; due retries are promoted by every worker process
 (:mod:`workers.promoter`), not by RQ's lock-guarded singleton scheduler. SIGTERM or
 SIGINT: finish the current job, exit 0 (RQ's warm shutdown); a second signal stops at once.
+A background loop (promoter, sealer, the delivery engine's recorder) that dies unexpectedly, or
+an SQL/schema error from the database, stops the worker the same way, then it exits 1 with one
+line naming the reason, so its supervisor restarts it (:mod:`workers.loops`).
 Bad configuration or an unreachable database/Redis: one line on stderr, exit 1 (2 for invalid
 settings).
 
@@ -16,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
+import threading
 
 import psycopg
 import redis
@@ -50,10 +56,31 @@ def _seal_at_start(settings: WorkerSettings) -> None:
     """One sealing sweep before the first job; a failure is logged, not fatal (the sealer
     thread, or the next worker, tries again)."""
     try:
-        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10,
+                             options=db.libpq_options(settings.db_timeouts())) as conn:
             seal_once(conn, settings.keyring())
     except psycopg.Error as error:
         log.warning("could not seal webhook secrets at start", error=type(error).__name__)
+
+
+FATAL_EXIT = 1
+
+
+class FatalReasons:
+    """Collects why the worker cannot go on (a background loop died, the database rejected a
+    query) and asks it to stop: a warm shutdown, as on SIGTERM, then exit 1."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            first = not self.reasons
+            self.reasons.append(reason)
+        log.error("stopping the worker so its supervisor restarts it", reason=reason)
+        if first:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.info("webhook secrets are sealed", key_id=keyring.current_id,
                  accepted_key_ids=list(keyring.key_ids))
-    runtime.configure(settings, redis_client=redis_client)
+    fatal = FatalReasons()
+    runtime.configure(settings, redis_client=redis_client, on_fatal=fatal)
     # Live deliveries first; a refire's history only when no live job waits.
     worker = DeliveryWorker(worker_queues(redis_client), connection=redis_client)
     log.info("worker starting", burst=args.burst, batch_size=settings.worker_batch_size,
@@ -87,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     # RQ logs several INFO lines per job; at a few hundred jobs/s that drowns our own lines.
     rq_level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     queue = delivery_queue(redis_client)
-    promoter = Promoter(queue)
-    sealer = Sealer(settings.database_url, keyring)
+    promoter = Promoter(queue, on_death=lambda name: fatal(f"background loop died: {name}"))
+    sealer = Sealer(settings.database_url, keyring,
+                    on_death=lambda name: fatal(f"background loop died: {name}"),
+                    session_options=db.libpq_options(settings.db_timeouts()))
     if args.burst:
         _seal_at_start(settings)
         promote_due_jobs(queue)  # what is due now joins this burst; later retries do not
@@ -102,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             promoter.stop()
             sealer.stop()
         runtime.close()
+    if fatal.reasons:
+        print(f"workers: {redact_urls_in(fatal.reasons[0])}", file=sys.stderr)
+        return FATAL_EXIT
     log.info("worker stopped")
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 import structlog
@@ -131,8 +131,8 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
     except EndpointUnavailable as error:
         log.info("delivery attempt failed", delivery_id=row["id"], host=_host(action.url),
                  reason=str(error), attempt=row["attempts"] + 1)
-        return _retry_or_fail(row, policy, jitter=jitter, error=str(error), status_code=None,
-                              retry_after=None)
+        return replace(_retry_or_fail(row, policy, jitter=jitter, error=str(error),
+                                      status_code=None, retry_after=None), endpoint_ok=False)
     except Exception as error:  # a bug must not lose the batch's other outcomes
         log.exception("delivery attempt crashed", delivery_id=row["id"])
         return _retry_or_fail(row, policy, jitter=jitter, status_code=None, retry_after=None,
@@ -142,14 +142,16 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
     verdict = classify_status(response.status)
     if verdict is Verdict.DELIVERED:
         metrics.ATTEMPTS.labels("delivered").inc()
-        return Outcome(row["id"], "delivered", True, response.status)
+        return Outcome(row["id"], "delivered", True, response.status, endpoint_ok=True)
     excerpt = _scrub(response.excerpt, *secrets, *action.headers.values())
     reason = f"HTTP {response.status}" + (f": {excerpt}" if excerpt else "")
     if verdict is Verdict.FAILED:
         log.info("delivery rejected", delivery_id=row["id"], status_code=response.status,
                  host=_host(action.url))
-        return _fail(row, reason, status_code=response.status)
+        return replace(_fail(row, reason, status_code=response.status), endpoint_ok=True)
     log.info("delivery attempt failed", delivery_id=row["id"], status_code=response.status,
              host=_host(action.url), attempt=row["attempts"] + 1)
-    return _retry_or_fail(row, policy, jitter=jitter, error=reason, status_code=response.status,
-                          retry_after=parse_retry_after(response.retry_after))
+    return replace(_retry_or_fail(row, policy, jitter=jitter, error=reason,
+                                  status_code=response.status,
+                                  retry_after=parse_retry_after(response.retry_after)),
+                   endpoint_ok=False)

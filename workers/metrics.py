@@ -1,10 +1,11 @@
-"""Prometheus metrics of the workers (``blockhook_workers_*``), served on ``METRICS_PORT``."""
+"""Prometheus metrics of the workers (``blockhook_workers_*``; the per-endpoint gauges are
+``blockhook_worker_endpoint_*``), served on ``METRICS_PORT``."""
 
 from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 ATTEMPTS: Final = Counter(
     "blockhook_workers_attempts_total",
@@ -41,3 +42,17 @@ CANCELLED: Final = Counter(
 # Every outcome exported from the start (at 0), so rate() sees a counter's first increase.
 for _outcome in ("delivered", "retry", "failed", "refused"):
     ATTEMPTS.labels(_outcome)
+ENDPOINT_CIRCUIT_OPEN: Final = Gauge(
+    "blockhook_worker_endpoint_circuit_open",
+    "1 while this worker process holds an endpoint's deliveries back after consecutive failures "
+    "(circuit open or probing), else 0. Label host: host:port of the webhook URL.",
+    ["host"])
+ENDPOINT_INFLIGHT: Final = Gauge(
+    "blockhook_worker_endpoint_inflight",
+    "Webhook requests this worker process has in flight to an endpoint (host:port).",
+    ["host"])
+ENDPOINT_WAITING: Final = Gauge(
+    "blockhook_worker_endpoint_waiting",
+    "Deliveries this worker process holds back for an endpoint (host:port): its concurrency cap "
+    "is reached or its circuit is open.",
+    ["host"])

@@ -6,18 +6,22 @@ every due retry waited up to two minutes. Instead every worker process runs this
 No lock is needed: ``ZREM`` on the scheduled registry is the claim, so exactly one promoter
 enqueues each due job. A promoter that dies between the claim and the enqueue loses that job;
 its rows are still ``queued`` in Postgres and the processor's lost-job sweep re-enqueues them.
+Errors are survived: Redis being down quietly, anything else logged (:mod:`workers.loops`).
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 import redis
 import structlog
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.utils import current_timestamp
+
+from workers.loops import BackgroundLoop
 
 log = structlog.get_logger(__name__)
 
@@ -32,34 +36,28 @@ def promote_due_jobs(queue: Queue) -> int:
     for job_id in registry.get_jobs_to_schedule(current_timestamp()):
         if not queue.connection.zrem(registry.key, job_id):
             continue  # another promoter claimed it
-        job = Job.fetch(job_id, connection=queue.connection) if Job.exists(
-            job_id, connection=queue.connection) else None
-        if job is not None:
-            queue.enqueue_job(job)
-            promoted += 1
+        try:
+            job = Job.fetch(job_id, connection=queue.connection)
+        except NoSuchJobError:
+            continue  # deleted meanwhile (expired, or removed by hand): nothing to run
+        queue.enqueue_job(job)
+        promoted += 1
     return promoted
 
 
-class Promoter:
+class Promoter(BackgroundLoop):
     """A daemon thread calling :func:`promote_due_jobs` every ``interval`` seconds."""
 
-    def __init__(self, queue: Queue, *, interval: float = PROMOTE_INTERVAL_SECONDS) -> None:
+    name = "promoter"
+
+    def __init__(self, queue: Queue, *, interval: float = PROMOTE_INTERVAL_SECONDS,
+                 on_death: Callable[[str], None] | None = None) -> None:
+        super().__init__(interval=interval, on_death=on_death)
         self.queue = queue
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="blockhook-promoter", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                promote_due_jobs(self.queue)
-            except redis.RedisError as error:
-                # Redis down: nothing to promote until it is back; keep trying.
-                log.debug("promoter cannot reach Redis", error=str(error))
+    def step(self) -> None:
+        try:
+            promote_due_jobs(self.queue)
+        except redis.RedisError as error:
+            # Redis down: nothing to promote until it is back; keep trying.
+            log.debug("promoter cannot reach Redis", error=str(error))

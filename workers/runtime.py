@@ -1,5 +1,11 @@
-"""The per-process delivery runtime: one event loop, one database pool, one HTTP client, one
-Redis connection, kept for the life of the worker process and reused by every job.
+"""The per-process delivery runtime: one event loop (in a thread of its own), one database pool,
+one HTTP client, one Redis connection and the :class:`~workers.dispatch.Dispatcher`, kept for
+the life of the worker process and shared by every job.
+
+A job only hands its ids to the dispatcher (claimed and started, or parked per endpoint) and
+returns: the POSTs go on in the background thread, so the next job starts at once whatever the
+endpoints do. :meth:`Runtime.close` (worker shutdown, end of a burst) waits for what is in
+flight.
 
 RQ jobs are plain synchronous functions, so the runtime is found through this module:
 ``configure(settings)`` (the worker's ``main``) or ``install(runtime)`` (tests), and ``current()``
@@ -11,12 +17,14 @@ the worker itself was killed.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import redis
@@ -24,7 +32,10 @@ import structlog
 from rq import Queue
 
 from core import db
+from core.backoff import Backoff
+from core.leases import holder_lock_key_sql
 from core.queue import (
+    ENDPOINT_STATE_KEY,
     JOB_FUNCTION,
     JOB_TIMEOUT_SECONDS,
     delivery_queue,
@@ -34,10 +45,13 @@ from core.queue import (
 from core.settings import WorkerSettings, load_settings
 from workers import metrics
 from workers.attempt import RetryPolicy
-from workers.batch import BatchReport, deliver_batch_once
 from workers.delivery import WebhookClient
+from workers.dispatch import BatchReport, Dispatcher, DispatchSettings, Leases, Submitted
+from workers.endpoints import Endpoint
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # Open rows a job could not claim (someone else's lock, or the job came early) are checked
 # again after these delays, at most this many times (a processor transaction holds a lock for
@@ -45,15 +59,21 @@ log = structlog.get_logger(__name__)
 RECHECK_DELAYS: Final = (1.0, 2.0, 4.0)
 # Before that, rows locked right now are retried in-process after these pauses.
 QUICK_RECLAIM_PAUSES: Final = (0.02, 0.1)
+APPLICATION_NAME: Final = "blockhook-workers"
+# How long close() waits for deliveries in flight (their POST timeouts bound it in practice).
+CLOSE_TIMEOUT_SECONDS: Final = 330.0
 
 
 class Runtime:
     """Everything a delivery job needs, bound to one event loop. Create with :meth:`start`."""
 
     def __init__(self, settings: WorkerSettings, *, loop: asyncio.AbstractEventLoop,
-                 pool: asyncpg.Pool, client: WebhookClient, redis_client: redis.Redis) -> None:
+                 thread: threading.Thread, pool: asyncpg.Pool, client: WebhookClient,
+                 redis_client: redis.Redis, leases: Leases, holder: LeaseHolder,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.loop = loop
+        self.thread = thread
         self.pool = pool
         self.client = client
         self.redis = redis_client
@@ -62,67 +82,120 @@ class Runtime:
                                   max_attempts=settings.webhook_max_attempts,
                                   default_timeout=settings.webhook_timeout)
         self.keyring = settings.keyring()
+        self.on_fatal = on_fatal
+        self.leases = leases
+        self.holder = holder
+        self.dispatcher = Dispatcher(
+            pool=pool, client=client, policy=self.policy, leases=self.leases,
+            keyring=self.keyring,
+            settings=DispatchSettings(
+                endpoint_concurrency=settings.worker_endpoint_concurrency,
+                circuit_failures=settings.worker_circuit_failures,
+                probe_interval=settings.worker_circuit_probe_interval),
+            after_commit=lambda report: self._after_commit(report, lock_retries=0),
+            publish=self._publish_endpoints, on_fatal=on_fatal)
+        self._run(self._start_dispatcher())
+
+    async def _start_dispatcher(self) -> None:
+        self.dispatcher.start()
+        self.holder.start()
 
     @classmethod
-    def start(cls, settings: WorkerSettings, *, redis_client: redis.Redis | None = None) -> Runtime:
-        """Open the pool and the HTTP client on a new event loop. Raises ``ConfigError`` when
-        the database is unreachable."""
+    def start(cls, settings: WorkerSettings, *, redis_client: redis.Redis | None = None,
+              on_fatal: Callable[[str], None] | None = None) -> Runtime:
+        """Open the pool and the HTTP client on a new event loop running in its own thread.
+        Raises ``ConfigError`` when the database is unreachable."""
         loop = asyncio.new_event_loop()
         loop.set_exception_handler(_quiet_lost_connections)
+        thread = threading.Thread(target=loop.run_forever, name="blockhook-deliveries",
+                                  daemon=True)
+        thread.start()
+
+        leases = Leases()
+        holder = LeaseHolder(settings, leases.worker_id)
 
         async def open_resources() -> tuple[asyncpg.Pool, WebhookClient]:
-            pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+            await holder.acquire()
+            pool = await db.create_pool(
+                settings.database_url, min_size=1, max_size=4,
+                server_settings={"application_name": APPLICATION_NAME, **settings.db_timeouts()})
             return pool, WebhookClient(allow_private=settings.webhook_allow_private)
 
         try:
-            pool, client = loop.run_until_complete(open_resources())
+            pool, client = asyncio.run_coroutine_threadsafe(open_resources(), loop).result()
         except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
             loop.close()
             raise
-        return cls(settings, loop=loop, pool=pool, client=client,
-                   redis_client=redis_client or redis.Redis.from_url(settings.redis_url))
+        return cls(settings, loop=loop, thread=thread, pool=pool, client=client,
+                   redis_client=redis_client or redis.Redis.from_url(settings.redis_url),
+                   leases=leases, holder=holder, on_fatal=on_fatal)
 
-    def close(self) -> None:
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until nothing is in flight (see :meth:`Dispatcher.drain`)."""
+        return self._run(self.dispatcher.drain(timeout))
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Finish the deliveries in flight (up to ``timeout``), then close everything."""
         async def close_resources() -> None:
+            await self.dispatcher.close(timeout)
             await self.client.close()
             await self.pool.close()
+            await self.holder.close()
 
-        self.loop.run_until_complete(close_resources())
-        self.loop.close()
+        try:
+            self._run(close_resources())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
 
     def deliver(self, delivery_ids: Sequence[int], *, lock_retries: int = 0) -> dict[str, int]:
-        """Deliver ``delivery_ids`` in batches of ``WORKER_BATCH_SIZE``; after each batch's
-        commit, schedule its retries and enqueue what it created. Returns counts by outcome."""
+        """Hand ``delivery_ids`` to the dispatcher in chunks of ``WORKER_BATCH_SIZE``; rows
+        locked by another transaction right now are tried again in-process, then rechecked by
+        a scheduled job. Returns how many were claimed and parked."""
         totals: dict[str, int] = defaultdict(int)
         size = self.settings.worker_batch_size
         for start in range(0, len(delivery_ids), size):
             chunk = list(delivery_ids[start:start + size])
+            unclaimed: dict[int, float] = {}
             for pause in (*QUICK_RECLAIM_PAUSES, None):
-                report = self.loop.run_until_complete(deliver_batch_once(
-                    self.pool, client=self.client, policy=self.policy, delivery_ids=chunk,
-                    keyring=self.keyring))
-                for outcome in report.outcomes:
-                    totals[outcome.status] += 1
+                submitted = self._submit(chunk)
+                totals["claimed"] += submitted.claimed
+                totals["parked"] += submitted.parked
+                unclaimed.update(submitted.unclaimed)
                 now = time.time()
-                locked_now = [i for i, due in report.unclaimed.items() if due <= now]
+                locked_now = [i for i, due in submitted.unclaimed.items() if due <= now]
                 if pause is None or not locked_now:
                     break
                 # Most likely the processor's short "mark queued" transaction: try again soon
                 # in-process rather than a whole RQ scheduler tick (≥ 1 s) later.
-                self._after_commit(report, lock_retries=lock_retries, reclaiming=locked_now)
+                for delivery_id in locked_now:
+                    unclaimed.pop(delivery_id, None)
                 chunk = locked_now
                 time.sleep(pause)
-            self._after_commit(report, lock_retries=lock_retries)
+            if unclaimed:
+                self._after_commit(BatchReport(unclaimed=unclaimed), lock_retries=lock_retries)
         return dict(totals)
 
-    def _after_commit(self, report: BatchReport, *, lock_retries: int,
-                      reclaiming: Sequence[int] = ()) -> None:
-        """Redis side effects of a committed batch. A Redis failure here loses no delivery: the
-        rows are ``queued`` in Postgres and the processor's sweep re-enqueues stale ones.
-        ``reclaiming``: unclaimed ids the caller retries itself (not rescheduled here)."""
-        if reclaiming:
-            report.unclaimed = {i: due for i, due in report.unclaimed.items()
-                                if i not in set(reclaiming)}
+    def _submit(self, chunk: list[int]) -> Submitted:
+        """``Dispatcher.submit``; an SQL or schema error also stops the worker (``on_fatal``):
+        retrying the job could not help. Any error fails the job (rows stay open)."""
+        try:
+            return self._run(self.dispatcher.submit(chunk))
+        except asyncpg.PostgresError as error:
+            if not db.is_transient(error) and self.on_fatal is not None:
+                self.on_fatal(str(db.DatabaseBroken.from_error(error)))
+            raise
+
+    def _after_commit(self, report: BatchReport, *, lock_retries: int) -> None:
+        """Redis side effects of committed outcomes (retries, ``removed`` deliveries) or of a
+        claim (rechecks of rows it could not lock). A Redis failure here loses no delivery: the
+        rows are ``queued`` in Postgres and the processor's sweep re-enqueues stale ones."""
         try:
             with self.redis.pipeline() as pipe:
                 self._schedule_retries(report, pipe)
@@ -160,6 +233,76 @@ class Runtime:
         self.queue.schedule_job(job, datetime.fromtimestamp(math.ceil(due), UTC), pipeline=pipe)
 
 
+    def _publish_endpoints(self, endpoints: dict[str, Endpoint]) -> None:
+        """Write this process's open circuits to Redis for ``scripts/status.py`` (called from
+        a thread; a Redis failure only delays the view)."""
+        now = time.time()
+        opened: dict[Any, Any] = {key: json.dumps({
+            "circuit": str(e.circuit), "failures": e.consecutive_failures,
+            "waiting": len(e.waiting), "in_flight": e.in_flight, "last_error": e.last_error,
+            "open_for_seconds": round(time.monotonic() - e.opened_at, 1),
+            "probe_interval": e.probe_interval, "worker": self.leases.worker_id,
+            "updated": now}) for key, e in endpoints.items() if e.is_open}
+        with self.redis.pipeline() as pipe:
+            if opened:
+                pipe.hset(ENDPOINT_STATE_KEY, mapping=opened)
+            for key, e in endpoints.items():
+                if not e.is_open:
+                    pipe.hdel(ENDPOINT_STATE_KEY, key)
+            pipe.execute()
+
+
+class LeaseHolder:
+    """The connection holding this process's advisory lock for its whole life: other workers
+    take over its leases as soon as it is gone (:mod:`core.leases`). Re-acquired with backoff
+    when the connection is lost (a database restart); meanwhile a lease of ours may be taken
+    over and sent twice — at-least-once, same ``webhook-id``."""
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> None:
+        conn = await db.connect(self.settings.database_url, server_settings={
+            "application_name": f"{APPLICATION_NAME}-holder", **self.settings.db_timeouts()})
+        try:
+            await conn.execute(f"SELECT pg_advisory_lock({holder_lock_key_sql('$1::text')})",
+                               self.worker_id)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        backoff = Backoff(base=0.5, cap=10.0)
+        while True:
+            await asyncio.sleep(self.CHECK_SECONDS)
+            if self._conn is not None and not self._conn.is_closed():
+                continue
+            try:
+                await self.acquire()
+                backoff.reset()
+                log.info("lease holder lock re-acquired", worker=self.worker_id)
+            except Exception as error:
+                delay = backoff.next_delay()
+                log.warning("cannot re-acquire the lease holder lock, retrying",
+                            error=str(error) or repr(error), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+
 def _quiet_lost_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """asyncpg's pool leaves a never-awaited future failing with ``ConnectionError`` when the
     server drops its connections (a restart): expected, and already handled (the job raises and
@@ -174,12 +317,15 @@ def _quiet_lost_connections(loop: asyncio.AbstractEventLoop, context: dict[str, 
 _current: Runtime | None = None
 _settings: WorkerSettings | None = None
 _redis: redis.Redis | None = None
+_on_fatal: Callable[[str], None] | None = None
 
 
-def configure(settings: WorkerSettings, *, redis_client: redis.Redis | None = None) -> None:
-    """Use ``settings`` (and the worker's Redis connection) when the runtime is first needed."""
-    global _settings, _redis
-    _settings, _redis = settings, redis_client
+def configure(settings: WorkerSettings, *, redis_client: redis.Redis | None = None,
+              on_fatal: Callable[[str], None] | None = None) -> None:
+    """Use ``settings`` (and the worker's Redis connection) when the runtime is first needed;
+    ``on_fatal(reason)`` is called if the delivery engine cannot go on."""
+    global _settings, _redis, _on_fatal
+    _settings, _redis, _on_fatal = settings, redis_client, on_fatal
 
 
 def close() -> None:
@@ -196,9 +342,15 @@ def install(runtime: Runtime | None) -> None:
     _current = runtime
 
 
+def installed() -> Runtime | None:
+    """The runtime of this process, if one was built or installed."""
+    return _current
+
+
 def current() -> Runtime:
     """The installed runtime, or one built from the environment on first use."""
     global _current
     if _current is None:
-        _current = Runtime.start(_settings or load_settings(WorkerSettings), redis_client=_redis)
+        _current = Runtime.start(_settings or load_settings(WorkerSettings), redis_client=_redis,
+                                 on_fatal=_on_fatal)
     return _current

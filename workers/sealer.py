@@ -6,14 +6,16 @@ every wake-up, at start, and every ``interval`` seconds (NOTIFY is a wake-up, no
 a secret written while no worker ran is sealed when one starts). It also drops previous
 secrets whose rotation window has ended. Without an encryption key it only does the latter.
 
-Its own autocommit psycopg connection, reconnected with backoff after any database error;
-sealing is idempotent and claims rows with ``SKIP LOCKED``, so any number of workers may run it.
+Its own autocommit psycopg connection, reconnected with backoff after any error (a database
+error quietly, anything else with its traceback; :mod:`workers.loops` covers the thread's
+death); sealing is idempotent and claims rows with ``SKIP LOCKED``, so any number of workers may
+run it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -23,6 +25,7 @@ from core.backoff import backoff_delay
 from core.channels import CHANNEL_SECRETS
 from core.crypto import Keyring
 from core.sealing import SealReport, expire_previous_secrets, seal_secrets
+from workers.loops import BackgroundLoop
 
 log = structlog.get_logger(__name__)
 
@@ -43,46 +46,46 @@ def seal_once(conn: psycopg.Connection[Any], keyring: Keyring | None) -> SealRep
     return report
 
 
-class Sealer:
+class Sealer(BackgroundLoop):
     """``start()`` the thread, ``stop()`` it (returns once its current sweep is done)."""
 
+    name = "sealer"
+
     def __init__(self, database_url: str, keyring: Keyring | None, *,
-                 interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+                 interval: float = SWEEP_INTERVAL_SECONDS, session_options: str = "",
+                 on_death: Callable[[str], None] | None = None) -> None:
+        super().__init__(interval=interval, on_death=on_death)
         self.database_url = database_url
         self.keyring = keyring
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="blockhook-sealer", daemon=True)
+        # libpq ``options`` (``-c statement_timeout=…``): core.db.timeout_settings as flags.
+        self.session_options = session_options
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
+    def serve(self) -> None:
         attempt = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
                 with psycopg.connect(self.database_url, autocommit=True, connect_timeout=10,
-                                     application_name=APPLICATION_NAME) as conn:
+                                     application_name=APPLICATION_NAME,
+                                     options=self.session_options) as conn:
                     if self.keyring is not None:
                         conn.execute(f"LISTEN {CHANNEL_SECRETS}")
                     attempt = 0
                     self._serve(conn)
-            except psycopg.Error as error:
+            except Exception as error:
                 attempt += 1
                 delay = backoff_delay(attempt, base=1.0, cap=self.interval)
-                log.warning("sealer cannot reach the database, retrying",
-                            error=str(error).strip().splitlines()[0] if str(error) else
-                            type(error).__name__, retry_in=round(delay, 2))
-                self._stop.wait(delay)
+                if isinstance(error, psycopg.Error):
+                    log.warning("sealer cannot reach the database, retrying",
+                                error=str(error).strip().splitlines()[0] if str(error) else
+                                type(error).__name__, retry_in=round(delay, 2))
+                else:
+                    log.exception("sealer failed, retrying", retry_in=round(delay, 2))
+                self.wait(delay)
 
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
         seal_once(conn, self.keyring)
         next_sweep = time.monotonic() + self.interval
-        while not self._stop.is_set():
+        while not self.stopping:
             woken = any(True for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1))
             if woken or time.monotonic() >= next_sweep:
                 seal_once(conn, self.keyring)

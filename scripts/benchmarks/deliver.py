@@ -8,9 +8,13 @@ endpoint is the test receiver in its own process, in fast mode (records ids, no 
 that it measures the sender, not the verifier.
 
 Baseline, same run, same receiver: a raw aiohttp keep-alive POST loop (one process, the same
-concurrency as one worker batch, a body of the same size) — the rate at which this machine can
-POST to that receiver at all. The ratio is the price of the record (row locks, outcomes,
+concurrency as one worker batch, a body of the same size; the workers' per-endpoint cap is set to
+that concurrency, since the one receiver stands for many endpoints) — the rate at which this machine can
+POST to that receiver at all. The ratio is the price of the record (leases, outcomes,
 signatures, RQ).
+
+Then the endpoint-isolation figures (:mod:`scripts.benchmarks.deliver_isolation`): p99 to a
+healthy endpoint beside one that hangs with 2,000 deliveries queued, against no hang.
 
 Redis: a redis-server of the benchmark's own (``tests.e2e.redis_server``), so that nobody
 else's workers or flushes share its queue. Postgres: ``DATABASE_URL``/``TEST_DATABASE_URL``'s server (default the local one). The
@@ -37,6 +41,7 @@ import redis
 from psycopg.types.json import Jsonb
 
 from core.queue import enqueue_deliveries
+from scripts.benchmarks import deliver_isolation
 from scripts.benchmarks.report import Figure
 from tests.e2e.redis_server import RedisServer
 from tests.support import databases
@@ -153,8 +158,11 @@ def run(backend: str = "plain") -> list[Figure]:
 
             enqueue_deliveries(client, ids)
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # One receiver stands for many endpoints: the per-endpoint cap is raised to the raw
+            # loop's concurrency, so both send with the same number of requests in flight.
             env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
-                   "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING", "METRICS_PORT": "0"}
+                   "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING", "METRICS_PORT": "0",
+                   "WORKER_ENDPOINT_CONCURRENCY": str(IN_FLIGHT)}
             started = time.perf_counter()
             workers = [subprocess.Popen([sys.executable, "-m", "workers", "--burst"], cwd=ROOT,
                                         env=env, stderr=subprocess.PIPE)
@@ -176,6 +184,7 @@ def run(backend: str = "plain") -> list[Figure]:
                           + cpu_after.ru_stime - cpu_before.ru_stime)
             _, span = _delivered(db_url)
             posts = receiver.count()
+        isolation = deliver_isolation.run(db_url, redis_url, secret)
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -200,4 +209,5 @@ def run(backend: str = "plain") -> list[Figure]:
                note=f"{BASELINE_POSTS} POSTs, {IN_FLIGHT} in flight, same receiver"),
         Figure("deliver: raw httpx async POST loop", httpx_rate, "POST/s", baseline=baseline,
                note=f"{HTTPX_POSTS} POSTs, {IN_FLIGHT} in flight (why aiohttp)"),
+        *isolation,
     ]

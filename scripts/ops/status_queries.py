@@ -3,6 +3,9 @@ values so the report serialises to JSON unchanged."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import asyncpg
 from pydantic import BaseModel
 from redis import Redis
@@ -10,7 +13,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from core.queue import QUEUE_NAME
+from core.queue import ENDPOINT_STATE_KEY, ENDPOINT_STATE_TTL_SECONDS, QUEUE_NAME
 from core.redact import redact_urls_in
 from core.schema import DELIVERY_STATUSES
 
@@ -47,6 +50,22 @@ class QueueStatus(BaseModel):
     failed: int = 0
     workers: int = 0
     error: str | None = None
+
+
+class CircuitRow(BaseModel):
+    """A webhook endpoint whose circuit breaker holds its deliveries back, as the worker process
+    that saw it last reported (Redis ``ENDPOINT_STATE_KEY``)."""
+
+    endpoint: str
+    circuit: str  # open, or probing (one probe in flight)
+    failures: int
+    waiting: int
+    in_flight: int
+    open_for_seconds: float
+    probe_interval: float
+    last_error: str | None
+    worker: str
+    age_seconds: float
 
 
 class EndpointRow(BaseModel):
@@ -155,6 +174,39 @@ async def open_deliveries(conn: asyncpg.Connection) -> int:
     count: int = await conn.fetchval(
         "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'queued')")
     return count
+
+
+async def in_flight_deliveries(conn: asyncpg.Connection) -> int:
+    """Open deliveries under a worker's live lease: an attempt in flight right now."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM deliveries WHERE status IN ('pending', 'queued')
+           AND lease_expires_at > now()""")
+    return count
+
+
+def circuit_rows(redis_url: str) -> list[CircuitRow]:
+    """Webhook endpoints with an open circuit, fresh entries only; ``[]`` when Redis is
+    unreachable (the queue line says so)."""
+    redis = Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        entries = redis.hgetall(ENDPOINT_STATE_KEY)
+    except RedisError:
+        return []
+    finally:
+        redis.close()
+    now = time.time()
+    circuits = []
+    for endpoint, raw in sorted(entries.items()):
+        try:
+            state = json.loads(raw)
+            age = now - float(state["updated"])
+            if age > ENDPOINT_STATE_TTL_SECONDS:
+                continue
+            circuits.append(CircuitRow(endpoint=endpoint.decode(), age_seconds=round(age, 1),
+                                       **{k: v for k, v in state.items() if k != "updated"}))
+        except (ValueError, KeyError, TypeError):
+            continue  # a malformed entry is not worth failing the status page for
+    return circuits
 
 
 async def endpoint_rows(conn: asyncpg.Connection) -> list[EndpointRow]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from core.queue import QUEUE_NAME, enqueue_deliveries
+from core.queue import ENDPOINT_STATE_KEY, QUEUE_NAME, enqueue_deliveries
 from tests.support.anvil import Anvil
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +73,10 @@ def _prepare(url: str) -> None:
                                                     created_at)
                             VALUES (%s, %s, %s, 'matched', %s, now() - %s::interval)""",
                          (action_id, trigger_id, event_id, status, age))
+        # The queued one is in flight: a worker holds its lease.
+        conn.execute("""UPDATE deliveries SET leased_by = 'w:1:aa/1',
+                               lease_expires_at = now() + interval '1 minute'
+                        WHERE status = 'queued'""")
 
 
 def _prepare_queue(redis_url: str) -> None:
@@ -82,6 +87,13 @@ def _prepare_queue(redis_url: str) -> None:
         queue.enqueue("operator.truediv", 1, 0)
         SimpleWorker([queue], connection=redis).work(burst=True)
         assert enqueue_deliveries(redis, list(range(1, 121)), batch_size=50) == 3
+        # A worker's report of an endpoint paused by its circuit breaker, and a stale one.
+        state = {"circuit": "open", "failures": 5, "waiting": 40, "in_flight": 0,
+                 "last_error": "timed out after 10 s", "open_for_seconds": 12.0,
+                 "probe_interval": 30.0, "worker": "w:1:aa"}
+        redis.hset(ENDPOINT_STATE_KEY, mapping={
+            "hooks.example:443": json.dumps({**state, "updated": time.time()}),
+            "gone.example:443": json.dumps({**state, "updated": time.time() - 3600})})
     finally:
         redis.close()
 
@@ -119,6 +131,10 @@ def test_status_json_reports_lag_and_counts(db_url: str, redis_url: str, anvil: 
     assert report["deliveries_last_hour"] == {"pending": 0, "queued": 1, "delivered": 2,
                                               "failed": 1, "cancelled": 0}
     assert report["deliveries_open"] == 1
+    assert report["deliveries_in_flight"] == 1
+    [circuit] = report["webhook_circuits"]
+    assert (circuit["endpoint"], circuit["circuit"], circuit["failures"]) == (
+        "hooks.example:443", "open", 5)
     assert report["queue"] == {"name": QUEUE_NAME, "depth": 3, "started": 0, "scheduled": 0,
                                "failed": 1, "workers": 0, "error": None}
     assert [(t["name"], t["error"]) for t in report["invalid_triggers"]] == [
@@ -127,6 +143,7 @@ def test_status_json_reports_lag_and_counts(db_url: str, redis_url: str, anvil: 
     table = _status(db_url, redis_url, "--rpc-url", anvil.url)
     assert table.returncode == 0, table.stderr
     assert "bad type uint257" in table.stdout and "depth 3 at #2" in table.stdout
+    assert "hooks.example:443" in table.stdout and "1 in flight" in table.stdout
 
 
 def test_status_survives_unreachable_node_and_redis(plain_db_url: str) -> None:

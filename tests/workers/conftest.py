@@ -86,6 +86,7 @@ def work_until(redis_client: redis.Redis) -> WorkUntil:
         while True:
             promote_due_jobs(queue)
             SimpleWorker([queue], connection=redis_client).work(burst=True)
+            _drain_installed()
             if done():
                 return
             if time.monotonic() > deadline:
@@ -93,6 +94,13 @@ def work_until(redis_client: redis.Redis) -> WorkUntil:
             time.sleep(0.05)
 
     return work
+
+
+def _drain_installed() -> None:
+    """Jobs hand deliveries to the runtime's background loop: wait for what they started."""
+    installed = worker_runtime.installed()
+    if installed is not None:
+        installed.drain(timeout=30)
 
 
 def status_is(db_url: str, delivery_id: int, *statuses: str) -> Callable[[], bool]:

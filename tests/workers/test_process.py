@@ -50,12 +50,13 @@ def test_worker_killed_mid_delivery_is_retried_and_delivers_with_the_same_webhoo
     first = spawn()
     receiver.wait_for(1, timeout=30)
     first.kill()
-    # The lock died with the worker's connection: the row is open and claimable at once.
+    # No lock outlives the worker (none is held during a POST at all), and neither does its
+    # lease: its holder lock died with its session, so the row is claimable at once.
     with psycopg.connect(plain_db_url, autocommit=True) as conn:
-        status, attempts = conn.execute(
-            "SELECT status, attempts FROM deliveries WHERE id = %s FOR UPDATE NOWAIT",
+        status, attempts, leased_by = conn.execute(
+            "SELECT status, attempts, leased_by FROM deliveries WHERE id = %s FOR UPDATE NOWAIT",
             (delivery_id,)).fetchone()  # type: ignore[misc]
-    assert (status, attempts) == ("queued", 0)
+        assert (status, attempts) == ("queued", 0) and leased_by is not None
     # The job died with the worker; the processor's sweep re-enqueues stale queued rows.
     rows.enqueue(client, [delivery_id])
     second = spawn(burst=True)
@@ -198,3 +199,24 @@ def test_metrics_are_served(plain_db_url: str, redis_url: str, receiver: Receive
                  "blockhook_workers_failed_total 0.0"):
         assert line in text, line
     client.close()
+
+
+def test_schema_error_stops_the_worker_with_one_line_naming_the_query(
+        plain_db_url: str, redis_url: str, receiver: Receiver, secret: str,
+        spawn: type[WorkerProcess]) -> None:
+    [delivery_id] = rows.webhook_setup(plain_db_url, hook_url=receiver.url, secret=secret)
+    with psycopg.connect(plain_db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE deliveries RENAME COLUMN next_attempt_at TO next_attempt_gone")
+    try:
+        client = redis.Redis.from_url(redis_url)
+        rows.enqueue(client, [delivery_id])
+        client.close()
+        worker = spawn()
+        assert worker.wait(30) == 1, worker.output
+        [line] = [line for line in worker.output.splitlines() if line.startswith("workers:")]
+        assert "database error 42703" in line and "next_attempt_at" in line and "query: " in line
+        assert receiver.count() == 0
+    finally:
+        with psycopg.connect(plain_db_url, autocommit=True) as conn:
+            conn.execute(
+                "ALTER TABLE deliveries RENAME COLUMN next_attempt_gone TO next_attempt_at")

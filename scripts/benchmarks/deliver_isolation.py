@@ -1,0 +1,147 @@
+"""Endpoint isolation, part of ``python scripts/bench.py deliver``: the latency of webhooks to a
+healthy endpoint while another endpoint hangs with ``HANG_QUEUED`` deliveries queued, against
+the same stream with no hanging endpoint, in the same run and the same worker process.
+
+One ``python -m workers`` process with default settings (``WEBHOOK_TIMEOUT`` 10 s,
+``WORKER_ENDPOINT_CONCURRENCY`` 10). Two receivers in their own processes (fast mode): a healthy
+one, and one that never answers. Phase 1: ``STREAM`` healthy deliveries, one job each, at
+``RATE`` per second; latency = the receiver's arrival time − the enqueue time. Phase 2: the
+``HANG_QUEUED`` deliveries to the hanging endpoint are enqueued (jobs of 200, as the processor
+does); once the worker has taken their jobs (its first requests hang, the others wait, all of
+them still ``queued``), the same stream again, within the endpoint's 10 s timeout. Figure: p99 of phase 2 against p99 of phase 1 (goal ≤ 1.5x).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+from psycopg.types.json import Jsonb
+
+from core.queue import delivery_queue, enqueue_deliveries
+from scripts.benchmarks.report import Figure
+from tests.support.receiver import Receiver, Step
+
+ROOT = Path(__file__).resolve().parents[2]
+HANG_QUEUED = 2_000
+STREAM = 500
+RATE = 100.0
+GOAL_RATIO = 1.5
+TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
+TOPIC0 = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+
+def _seed(db_url: str, *, healthy_url: str, hang_url: str, secret: str) -> tuple[list[int],
+                                                                                  list[int]]:
+    """``2 * STREAM`` deliveries to the healthy endpoint and ``HANG_QUEUED`` to the hanging one,
+    all ``queued`` and not enqueued yet. Returns (healthy ids, hanging ids)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        trigger_id = conn.execute(
+            "INSERT INTO triggers (name, chain_id, event_signature) VALUES ('isolation', 31337, "
+            "%s) RETURNING id", (TRANSFER,)).fetchone()[0]  # type: ignore[index]
+        actions = [conn.execute(
+            "INSERT INTO actions (trigger_id, config) VALUES (%s, %s) RETURNING id",
+            (trigger_id, Jsonb({"url": url, "secret": secret}))).fetchone()[0]  # type: ignore[index]
+            for url in (healthy_url, hang_url)]
+        total = 2 * STREAM + HANG_QUEUED
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]  # type: ignore[index]
+        conn.execute(f"""
+            INSERT INTO events (chain_id, block_number, block_hash, block_time, tx_hash, tx_index,
+                                log_index, address, topic0, topic1, topic2, data)
+            SELECT 31337, 1000000 + g / 100, '0x' || lpad(to_hex(1000000 + g / 100), 64, '0'),
+                   now(), '0x' || lpad(to_hex(1000000 + g), 64, '0'), 0, g % 100,
+                   '0x5fbdb2315678afecb367f032d93f642f64180aa3', '{TOPIC0}',
+                   '0x' || lpad('11', 64, '0'), '0x' || lpad(to_hex(g), 64, '0'),
+                   '0x' || lpad(to_hex(g * 1000), 64, '0')
+            FROM generate_series(1, {total}) AS g""")
+        event_ids = [row[0] for row in conn.execute(
+            "SELECT id FROM events WHERE id > %s ORDER BY id", (first,)).fetchall()]
+        ids: list[list[int]] = []
+        for action_id, chunk in ((actions[0], event_ids[:2 * STREAM]),
+                                 (actions[1], event_ids[2 * STREAM:])):
+            ids.append([row[0] for row in conn.execute(
+                """INSERT INTO deliveries (action_id, trigger_id, event_id, kind, status,
+                                           queued_at)
+                   SELECT %s, %s, e, 'matched', 'queued', now() FROM unnest(%s::bigint[]) AS e
+                   ORDER BY e RETURNING id""", (action_id, trigger_id, chunk)).fetchall()])
+        conn.execute("VACUUM ANALYZE deliveries")
+    return ids[0], ids[1]
+
+
+def _stream(client: redis.Redis, receiver: Receiver, ids: list[int]) -> list[float]:
+    """Enqueue ``ids`` one job each at ``RATE``/s; return each one's latency (seconds)."""
+    sent: dict[str, float] = {}
+    started = time.perf_counter()
+    for n, delivery_id in enumerate(ids):
+        pause = started + n / RATE - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        sent[f"dlv_{delivery_id}"] = time.time()
+        enqueue_deliveries(client, [delivery_id])
+    deadline = time.monotonic() + 60
+    while True:
+        seen = {r.webhook_id: r.received_at for r in receiver.received()
+                if r.webhook_id in sent}
+        if len(seen) >= len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    # A delivery that never arrived counts as a minute (it fails the goal visibly).
+    return sorted(seen[key] - at if key in seen else 60.0 for key, at in sent.items())
+
+
+def _p99(latencies: list[float]) -> float:
+    return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+
+
+def run(db_url: str, redis_url: str, secret: str) -> list[Figure]:
+    client = redis.Redis.from_url(redis_url)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with Receiver(fast=True) as healthy, Receiver(fast=True) as hanging:
+            hanging.script(Step(status=200, hang=3600, times=1_000_000))
+            healthy_ids, hang_ids = _seed(db_url, healthy_url=healthy.url, hang_url=hanging.url,
+                                          secret=secret)
+            env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
+                   "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "WARNING",
+                   "METRICS_PORT": "0"}
+            worker = subprocess.Popen([sys.executable, "-m", "workers"], cwd=ROOT, env=env,
+                                      stderr=subprocess.DEVNULL)
+            # Warm up (interpreter, pool, keep-alive connection) outside the measurement.
+            _stream(client, healthy, healthy_ids[:5])
+            alone = _stream(client, healthy, healthy_ids[5:STREAM])
+            enqueue_deliveries(client, hang_ids)
+            hanging.wait_for(1, timeout=30)
+            queue = delivery_queue(client)
+            deadline = time.monotonic() + 30
+            while queue.count and time.monotonic() < deadline:
+                time.sleep(0.01)  # every hanging delivery handed to the worker
+            beside = _stream(client, healthy, healthy_ids[STREAM:])
+            in_flight_to_hang = hanging.count()
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        client.close()
+    alone_p99, beside_p99 = _p99(alone), _p99(beside)
+    return [
+        Figure("deliver: healthy p99, no other endpoint", alone_p99 * 1000, "ms",
+               higher_is_better=False,
+               note=f"{len(alone)} webhooks, one job each at {RATE:.0f}/s, one worker process"),
+        Figure("deliver: healthy p99 beside a hanging endpoint", beside_p99 * 1000, "ms",
+               baseline=alone_p99 * 1000, higher_is_better=False,
+               goal=alone_p99 * 1000 * GOAL_RATIO,
+               note=f"{HANG_QUEUED} deliveries queued to an endpoint that never answers "
+                    f"({in_flight_to_hang} requests reached it); goal <= {GOAL_RATIO}x the "
+                    f"no-hang p99; median {beside[len(beside) // 2] * 1000:.1f} ms vs "
+                    f"{alone[len(alone) // 2] * 1000:.1f} ms"),
+    ]
