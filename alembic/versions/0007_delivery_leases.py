@@ -1,7 +1,7 @@
 """Delivery leases: a worker claims a delivery for one attempt without holding a row lock.
 
-Revision ID: 0006_delivery_leases
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30
 
 ``deliveries.leased_by`` (the claiming worker and claim number) and ``deliveries.lease_expires_at``
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0006_delivery_leases"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
