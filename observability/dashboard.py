@@ -193,6 +193,14 @@ def build() -> dict[str, Any]:
                  [("sum(rate(blockhook_workers_retries_scheduled_total[5m]))", "retries scheduled"),
                   ("sum by (reason) (rate(blockhook_processor_requeued_total[5m]))",
                    "requeued ({{reason}})")], unit="ops")
+    layout.panel(series, "Endpoints: paused, in flight, waiting", "Per endpoint (host:port): 1 "
+                 "while a worker's circuit breaker holds its deliveries back (they wait, no "
+                 "attempts used; one probe per WORKER_CIRCUIT_PROBE_INTERVAL); requests in flight "
+                 "(at most WORKER_ENDPOINT_CONCURRENCY per worker process); deliveries waiting "
+                 "for a place.",
+                 [("max by (host) (blockhook_worker_endpoint_circuit_open)", "{{host}} paused"),
+                  ("sum by (host) (blockhook_worker_endpoint_inflight)", "{{host}} in flight"),
+                  ("sum by (host) (blockhook_worker_endpoint_waiting)", "{{host}} waiting")])
 
     layout.row("Latency: chain → webhook")
     layout.panel(series, "Block → webhook", "From the event's block timestamp to the receiver's "
