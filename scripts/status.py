@@ -168,7 +168,8 @@ def render(report: StatusReport, console: Console) -> None:
         console.print(f"queue [bold]{queue.name}[/]: {queue.depth:,} waiting, {queue.started:,} "
                       f"running, {queue.scheduled:,} scheduled, "
                       f"{'[red]' if queue.failed else ''}{queue.failed:,} failed jobs"
-                      f"{'[/]' if queue.failed else ''}, {queue.workers} workers")
+                      f"{'[/]' if queue.failed else ''}, {queue.workers} workers; "
+                      f"{queue.history_depth:,} refire jobs waiting behind it")
 
     deliveries = Table(title="deliveries created in the last hour", title_justify="left")
     for status in report.deliveries_last_hour:

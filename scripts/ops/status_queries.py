@@ -13,7 +13,12 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from core.queue import ENDPOINT_STATE_KEY, ENDPOINT_STATE_TTL_SECONDS, QUEUE_NAME
+from core.queue import (
+    ENDPOINT_STATE_KEY,
+    ENDPOINT_STATE_TTL_SECONDS,
+    QUEUE_NAME,
+    REPLAY_QUEUE_NAME,
+)
 from core.redact import redact_urls_in
 from core.schema import DELIVERY_STATUSES
 
@@ -49,6 +54,9 @@ class QueueStatus(BaseModel):
     scheduled: int = 0
     failed: int = 0
     workers: int = 0
+    # Jobs of a refire's history (core.queue.REPLAY_QUEUE_NAME), taken only when the live
+    # queue is empty.
+    history_depth: int = 0
     error: str | None = None
 
 
@@ -236,6 +244,7 @@ def queue_status(redis_url: str) -> QueueStatus:
             scheduled=ScheduledJobRegistry(queue=queue).count,
             failed=FailedJobRegistry(queue=queue).count,
             workers=Worker.count(queue=queue),
+            history_depth=Queue(REPLAY_QUEUE_NAME, connection=redis).count,
         )
     except RedisError as error:
         return QueueStatus(name=QUEUE_NAME, error=redact_urls_in(str(error)))

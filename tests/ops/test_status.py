@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from core.queue import ENDPOINT_STATE_KEY, QUEUE_NAME, enqueue_deliveries
+from core.queue import ENDPOINT_STATE_KEY, QUEUE_NAME, REPLAY_QUEUE_NAME, enqueue_deliveries
 from tests.support.anvil import Anvil
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +87,8 @@ def _prepare_queue(redis_url: str) -> None:
         queue.enqueue("operator.truediv", 1, 0)
         SimpleWorker([queue], connection=redis).work(burst=True)
         assert enqueue_deliveries(redis, list(range(1, 121)), batch_size=50) == 3
+        assert enqueue_deliveries(redis, list(range(200, 300)), batch_size=50,
+                                  queue_name=REPLAY_QUEUE_NAME) == 2
         # A worker's report of an endpoint paused by its circuit breaker, and a stale one.
         state = {"circuit": "open", "failures": 5, "waiting": 40, "in_flight": 0,
                  "last_error": "timed out after 10 s", "open_for_seconds": 12.0,
@@ -136,7 +138,7 @@ def test_status_json_reports_lag_and_counts(db_url: str, redis_url: str, anvil: 
     assert (circuit["endpoint"], circuit["circuit"], circuit["failures"]) == (
         "hooks.example:443", "open", 5)
     assert report["queue"] == {"name": QUEUE_NAME, "depth": 3, "started": 0, "scheduled": 0,
-                               "failed": 1, "workers": 0, "error": None}
+                               "failed": 1, "workers": 0, "history_depth": 2, "error": None}
     assert [(t["name"], t["error"]) for t in report["invalid_triggers"]] == [
         ("broken", "bad type uint257")]
 
