@@ -46,15 +46,17 @@ class RecordingSource:
                 self.headers_by_number[header.number] = header
         return headers
 
-    async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]:
-        return self._record(await self.source.logs(first, last, addresses))
+    async def logs(self, first: int, last: int, addresses: Sequence[str] = (), *,
+                   topic0: str | None = None) -> list[Log]:
+        return self._record(await self.source.logs(first, last, addresses, topic0=topic0))
 
-    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
-        return self._record(await self.source.logs_by_hash(block_hash, addresses))
+    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = (), *,
+                           topic0: str | None = None) -> list[Log]:
+        return self._record(await self.source.logs_by_hash(block_hash, addresses, topic0=topic0))
 
-    async def logs_by_hashes(self, block_hashes: Sequence[str],
-                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
-        answers = await self.source.logs_by_hashes(block_hashes, addresses)
+    async def logs_by_hashes(self, block_hashes: Sequence[str], addresses: Sequence[str] = (), *,
+                             topic0: str | None = None) -> list[list[Log] | Exception]:
+        answers = await self.source.logs_by_hashes(block_hashes, addresses, topic0=topic0)
         for answer in answers:
             if isinstance(answer, list):
                 self._record(answer)
