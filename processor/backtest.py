@@ -23,8 +23,8 @@ each log's block. Its children are found first (:func:`children_from_db`,
 :func:`children_from_node`), from the factory's creation logs up to the range's end — from
 ``factory_children`` where the creation logs are stored and the factory is registered, from the
 stored creation logs themselves where it is not, from the node (the factory's address and
-creation ``topic0``, proven complete) elsewhere. Then the children's logs are read: stored ones
-by address, from the node with the children as the address filter, or — past
+creation ``topic0``, proven complete) elsewhere. Then the children's logs are read, stored or
+from the node, with the children as the address filter, or — past
 :data:`ingest.factories.MAX_FILTER_ADDRESSES` children — by ``topic0`` alone and kept here when
 their emitter is a child. The :class:`Evaluator` counts an event only when its emitter was
 created at or before its block, so a look-alike contract (same event, another factory) never

@@ -144,11 +144,9 @@ class Backtest:
                 return loaded, report  # no child: no candidate
             for segment in report.segments:
                 if children is not None:
-                    # The children's logs: by address, or past the address-list limit by topic0
-                    # alone (filtered by the evaluator); stored ones always by address.
-                    addresses = sorted(children)
-                    if segment.source == "node" and len(addresses) > MAX_FILTER_ADDRESSES:
-                        addresses = []
+                    # The children's logs by address, or past the address-list limit by topic0
+                    # alone, kept by the evaluator when the emitter is a child (stored or node).
+                    addresses = sorted(children) if len(children) <= MAX_FILTER_ADDRESSES else []
                 pages = (stored_events(conn, segment, chain_id=chain_id, topic0=trigger.topic0,
                                        addresses=addresses)
                          if segment.source == "stored" else
