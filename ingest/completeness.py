@@ -13,7 +13,11 @@ prove:
 - with an address filter, every returned log is in its header's bloom, and a block whose bloom
   admits a filtered address but returned no log is listed in ``to_confirm``: the caller asks for
   it with ``eth_getLogs`` by ``blockHash`` (a node that has not seen the hash errors instead of
-  answering ``[]``) and merges the answer with :func:`confirm_blocks`.
+  answering ``[]``) and merges the answer with :func:`confirm_blocks`;
+- with a ``topic0`` filter too (or alone: one event of any contract), the same, for the blocks
+  whose bloom admits ``topic0`` and (with addresses) one of the addresses: a node that dropped
+  such a block's logs is caught by the confirmation, a block whose bloom lacks either cannot hold
+  a matching log.
 
 The first block that fails ends the prefix; ``problem`` says why (an exception of the kind the
 fetcher counts and retries). Nothing after it is returned, so nothing unproven is stored.
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.errors import RpcBadResponse, RpcUnavailable
-from ingest.bloom import admits, admits_any, bloom_of, log_bits
+from ingest.bloom import admits, admits_any, bloom_of, item_bits, log_bits
 from ingest.rpc import Header, Log
 
 
@@ -53,9 +57,10 @@ class RangeCheck:
 
 
 def check_range(first: int, headers: Sequence[Header | None], logs: Sequence[Log],
-                addresses: Sequence[str] = ()) -> RangeCheck:
+                addresses: Sequence[str] = (), topic0: str | None = None) -> RangeCheck:
     """The longest provable prefix of ``headers`` (asked for ``first``, ``first + 1``, …) and the
-    logs that belong to it. Raises ``RpcBadResponse`` for logs outside the asked range."""
+    logs that belong to it, answered for the filter ``addresses`` (all when empty) and ``topic0``
+    (any when ``None``). Raises ``RpcBadResponse`` for logs outside the asked range."""
     blooms, hashes, mixed = _scan(logs)
     last_asked = first + len(headers) - 1
     if blooms and not (first <= min(blooms) and max(blooms) <= last_asked):
@@ -65,14 +70,20 @@ def check_range(first: int, headers: Sequence[Header | None], logs: Sequence[Log
     proven: list[Header] = []
     to_confirm: list[Header] = []
     problem: Exception | None = None
+    topic_bits = None if topic0 is None else item_bits(topic0)
+    filtered = bool(addresses) or topic_bits is not None
     for offset, header in enumerate(headers):
         number = first + offset
         problem = _block_problem(number, header, proven[-1] if proven else None, blooms.get(number),
-                                 hashes.get(number), number in mixed, bool(addresses))
+                                 hashes.get(number), number in mixed, filtered)
         if problem is not None:
             break
         assert header is not None
-        if addresses and number not in blooms and admits_any(header.logs_bloom, addresses):
+        if topic_bits is None:
+            if addresses and number not in blooms and admits_any(header.logs_bloom, addresses):
+                to_confirm.append(header)
+        elif number not in blooms and admits(header.logs_bloom, topic_bits) and (
+                not addresses or admits_any(header.logs_bloom, addresses)):
             to_confirm.append(header)
         proven.append(header)
     if len(proven) == len(headers):

@@ -240,14 +240,18 @@ class EndpointPool:
         self._learn_head(endpoint, numbers, headers)
         return headers
 
-    async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]:
-        return await self._call("eth_getLogs", last, lambda c: c.logs(first, last, addresses))
+    async def logs(self, first: int, last: int, addresses: Sequence[str] = (), *,
+                   topic0: str | None = None) -> list[Log]:
+        return await self._call("eth_getLogs", last,
+                                lambda c: c.logs(first, last, addresses, topic0=topic0))
 
-    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
-        return await self._call("eth_getLogs", None, lambda c: c.logs_by_hash(block_hash, addresses))
+    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = (), *,
+                           topic0: str | None = None) -> list[Log]:
+        return await self._call("eth_getLogs", None,
+                                lambda c: c.logs_by_hash(block_hash, addresses, topic0=topic0))
 
-    async def logs_by_hashes(self, block_hashes: Sequence[str],
-                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+    async def logs_by_hashes(self, block_hashes: Sequence[str], addresses: Sequence[str] = (), *,
+                             topic0: str | None = None) -> list[list[Log] | Exception]:
         """Per block its logs or its error; a block one endpoint has not seen ("unknown
         block") is asked of the next endpoint."""
         answers: list[list[Log] | Exception] = [RpcUnavailable("not asked")] * len(block_hashes)
@@ -256,7 +260,7 @@ class EndpointPool:
             hashes = [block_hashes[i] for i in missing]
 
             def ask(client: JsonRpcClient, asked: list[str] = hashes) -> Awaitable[list[list[Log] | Exception]]:
-                return client.logs_by_hashes(asked, addresses)
+                return client.logs_by_hashes(asked, addresses, topic0=topic0)
 
             try:
                 part = await self._attempt(endpoint, "eth_getLogs", ask)

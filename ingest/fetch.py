@@ -68,10 +68,13 @@ class RangeFetcher:
     """Fetches ranges for one chain through a ``ChainSource`` with an adaptive ``RangeSizer``."""
 
     def __init__(self, source: ChainSource, sizer: RangeSizer, *, addresses: Sequence[str] = (),
-                 metrics: IngestMetrics | None = None, chain_id: int = 0) -> None:
+                 topic0: str | None = None, metrics: IngestMetrics | None = None,
+                 chain_id: int = 0) -> None:
         self.source = source
         self.sizer = sizer
         self.addresses = list(addresses)
+        # One event only (``scripts/backtest.py``); ingest asks for every event of its addresses.
+        self.topic0 = topic0
         self.metrics = metrics
         self.chain_id = chain_id
 
@@ -140,16 +143,21 @@ class RangeFetcher:
             headers: list[Header | None] = await self.source.headers(numbers)
             if headers[0] is None:
                 raise NotSeenYet(f"block {first} is not available on the node yet")
-            logs = await self.source.logs_by_hash(headers[0].hash, self.addresses)
+            logs = await (self.source.logs_by_hash(headers[0].hash, self.addresses)
+                          if self.topic0 is None else
+                          self.source.logs_by_hash(headers[0].hash, self.addresses,
+                                                   topic0=self.topic0))
         else:
             headers, logs = await self._headers_and_logs(first, last)
             # Parsing a dense range takes tens of ms; let the overlapped write of the previous
             # range take its next step before the proof takes as many again.
             await asyncio.sleep(0)
-        check = check_range(first, headers, logs, self.addresses)
+        check = check_range(first, headers, logs, self.addresses, self.topic0)
         if check.to_confirm:
-            answers = await self.source.logs_by_hashes([h.hash for h in check.to_confirm],
-                                                       self.addresses)
+            hashes = [h.hash for h in check.to_confirm]
+            answers = await (self.source.logs_by_hashes(hashes, self.addresses)
+                             if self.topic0 is None else
+                             self.source.logs_by_hashes(hashes, self.addresses, topic0=self.topic0))
             if found_missing_logs(answers):
                 self._count("incomplete")
             check = confirm_blocks(check, answers)
@@ -160,7 +168,8 @@ class RangeFetcher:
         # what they say together.
         headers_task = asyncio.ensure_future(self.source.headers(range(first, last + 1)))
         try:
-            logs = await self.source.logs(first, last, self.addresses)
+            logs = await (self.source.logs(first, last, self.addresses) if self.topic0 is None
+                          else self.source.logs(first, last, self.addresses, topic0=self.topic0))
             headers = await headers_task
         finally:
             if not headers_task.done():

@@ -122,12 +122,17 @@ class ChainSource(Protocol):
         """Headers by number in one round trip; ``None`` where the node has no such block."""
         ...
 
-    async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]: ...
+    async def logs(self, first: int, last: int, addresses: Sequence[str] = (), *,
+                   topic0: str | None = None) -> list[Log]:
+        """The range's logs of ``addresses`` (all when empty) whose first topic is ``topic0``
+        (any when ``None``)."""
+        ...
 
-    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]: ...
+    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = (), *,
+                           topic0: str | None = None) -> list[Log]: ...
 
-    async def logs_by_hashes(self, block_hashes: Sequence[str],
-                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+    async def logs_by_hashes(self, block_hashes: Sequence[str], addresses: Sequence[str] = (), *,
+                             topic0: str | None = None) -> list[list[Log] | Exception]:
         """``logs_by_hash`` for many blocks in one round trip; per block either its logs or the
         error the node gave for it (``BlockNotSeen`` for a hash it does not know)."""
         ...
@@ -447,25 +452,34 @@ class JsonRpcClient:
                 raise RpcBadResponse(f"eth_getBlockByNumber: asked {number}, got {header.number}")
         return headers
 
-    async def logs(self, first: int, last: int, addresses: Sequence[str] = ()) -> list[Log]:
+    async def logs(self, first: int, last: int, addresses: Sequence[str] = (), *,
+                   topic0: str | None = None) -> list[Log]:
         query: dict[str, object] = {"fromBlock": hex(first), "toBlock": hex(last)}
         if addresses:
             query["address"] = list(addresses)
+        if topic0 is not None:
+            query["topics"] = [topic0]
         return parse_logs(await self.call("eth_getLogs", [query], lowercase=True,
                                           span=last - first + 1))
 
-    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = ()) -> list[Log]:
+    async def logs_by_hash(self, block_hash: str, addresses: Sequence[str] = (), *,
+                           topic0: str | None = None) -> list[Log]:
         query: dict[str, object] = {"blockHash": block_hash}
         if addresses:
             query["address"] = list(addresses)
+        if topic0 is not None:
+            query["topics"] = [topic0]
         return parse_logs(await self.call("eth_getLogs", [query], lowercase=True))
 
-    async def logs_by_hashes(self, block_hashes: Sequence[str],
-                             addresses: Sequence[str] = ()) -> list[list[Log] | Exception]:
+    async def logs_by_hashes(self, block_hashes: Sequence[str], addresses: Sequence[str] = (), *,
+                             topic0: str | None = None) -> list[list[Log] | Exception]:
         queries: list[dict[str, object]] = [{"blockHash": h} for h in block_hashes]
         if addresses:
             for query in queries:
                 query["address"] = list(addresses)
+        if topic0 is not None:
+            for query in queries:
+                query["topics"] = [topic0]
         results = await self.batch("eth_getLogs", [[q] for q in queries], item_errors=True,
                                    lowercase=True)
         answers: list[list[Log] | Exception] = []

@@ -1,14 +1,16 @@
 """One trigger's logs read straight from the node, proven complete: the log source of
 ``scripts/backtest.py`` for blocks the indexer has not stored.
 
-Ranges come from ingest's own :class:`ingest.fetch.RangeFetcher` with the trigger's addresses as
-its filter: adaptive ranges (``MAX_BLOCK_RANGE``, shrunk on limit errors and timeouts, by-hash
-fallback), retries with backoff, and the ``INGEST_ADDRESSES`` completeness proof — every log in
-its header's ``logsBloom``, and every block whose bloom admits one of the addresses but returned
-no log confirmed by ``eth_getLogs`` by ``blockHash``. With no address (a trigger on any contract)
-whole blocks are read and proven against the full bloom. ``topic0`` is then kept here: the proof
-is on the address filter, so it holds for any subset of what it proved. Several addresses (a
-family of contracts) are one filter, one request per range.
+Ranges come from ingest's own :class:`ingest.fetch.RangeFetcher` with the trigger's addresses
+and ``topic0`` as its filter (``eth_getLogs`` with ``address`` and ``topics``): adaptive ranges
+(``MAX_BLOCK_RANGE``, shrunk on limit errors and timeouts, by-hash fallback), retries with
+backoff, and the filtered completeness proof (``ingest.completeness``) — every log in its
+header's ``logsBloom``, and every block whose bloom admits ``topic0`` and one of the addresses
+but returned no log confirmed by ``eth_getLogs`` by ``blockHash`` with the same filter. With no
+address (a trigger on any contract, or a factory family too large for an address list) the
+filter is ``topic0`` alone and the proof the same on ``topic0``. Several addresses (a family of
+contracts) are one filter, one request per range; ``topic0`` is checked again here, so a node
+answering more than asked cannot add a log.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ async def trigger_logs(source: ChainSource, *, chain_id: int, first: int, last: 
     range over ``first..last``; each log as a row with the ``events`` columns (``id`` None).
     RPC faults are retried (only cancellation ends it early)."""
     fetcher = RangeFetcher(source, RangeSizer(max_block_range), addresses=addresses,
-                           metrics=IngestMetrics(registry=None), chain_id=chain_id)
+                           topic0=topic0, metrics=IngestMetrics(registry=None), chain_id=chain_id)
     while first <= last:
         batch = await fetcher.fetch(first, last)
         times: dict[int, datetime] = {h.number: block_time(h) for h in batch.headers}

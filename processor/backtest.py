@@ -15,9 +15,20 @@ Where the events come from (:func:`plan_segments`):
   ``topic0`` and addresses only;
 - **node**: the rest (before the stored history, above the checkpoint, or a contract the indexer
   does not ingest) is read from ``RPC_URL`` by :func:`ingest.trigger_logs.trigger_logs` — ingest's
-  own fetcher, range adaptation and completeness proof. The address set is
-  :func:`trigger_addresses`: one address today, several for a trigger that names a family of
-  contracts.
+  own fetcher, range adaptation and completeness proof, filtered by address and ``topic0``. The
+  address set is :func:`trigger_addresses`: one address, or none for any contract.
+
+A factory trigger (``triggers.factory_*``) watches the children its factory created at or before
+each log's block. Its children are found first (:func:`children_from_db`,
+:func:`children_from_node`), from the factory's creation logs up to the range's end — from
+``factory_children`` where the creation logs are stored and the factory is registered, from the
+stored creation logs themselves where it is not, from the node (the factory's address and
+creation ``topic0``, proven complete) elsewhere. Then the children's logs are read, stored or
+from the node, with the children as the address filter, or — past
+:data:`ingest.factories.MAX_FILTER_ADDRESSES` children — by ``topic0`` alone and kept here when
+their emitter is a child. The :class:`Evaluator` counts an event only when its emitter was
+created at or before its block, so a look-alike contract (same event, another factory) never
+matches. Nothing is registered: no ``factories`` or ``factory_children`` row is written.
 
 Besides the matches the report counts, per leaf condition, the candidate events it was true for
 (a leaf true for none is a threshold or address that never happens), and the candidate events
@@ -36,9 +47,16 @@ import orjson
 
 from core.abi import DecodeError
 from core.errors import InvalidTrigger, PermanentError
+from core.factories import Factory, new_children
 from processor.conditions import Condition
-from processor.index import DecodeMemo, Entry
-from processor.registry import CompiledTrigger, TriggerRegistry, TriggerRow, compile_trigger
+from processor.index import DecodeMemo, Entry, MatchIndex
+from processor.registry import (
+    ChildLookup,
+    CompiledTrigger,
+    TriggerRegistry,
+    TriggerRow,
+    compile_trigger,
+)
 
 BLOCK_PAGE = 5000
 FIRST_MATCHES = 5
@@ -48,7 +66,7 @@ ProgressCallback = Callable[[int], None]
 
 _TRIGGER = """
 SELECT t.id, t.name, t.chain_id, t.address, t.event_signature, t.conditions, t.confirmations,
-       t.enabled, t.error,
+       t.enabled, t.error, t.factory_address, t.factory_event_signature, t.factory_parameter,
        coalesce(array_agg(a.id ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL), '{}') AS action_ids,
        coalesce(array_agg(a.config::text ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL), '{}')
            AS action_configs
@@ -64,6 +82,16 @@ FROM events
 WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3 AND NOT invalidated AND topic0 = $4
   AND ($5::text[] IS NULL OR address = ANY($5::text[]))
 ORDER BY block_number, log_index"""
+
+# A registered factory's children created in a block range (``factory_children`` holds exactly
+# the children of its valid stored creation logs).
+_FACTORY_ID = """
+SELECT id FROM factories
+WHERE chain_id = $1 AND address = $2 AND topic0 = $3 AND child_topic = $4 AND child_offset = $5"""
+_REGISTERED_CHILDREN = """
+SELECT child_address, min(block_number) AS created FROM factory_children
+WHERE factory_id = $1 AND block_number BETWEEN $2 AND $3
+GROUP BY child_address"""
 
 
 class BacktestError(PermanentError):
@@ -111,7 +139,10 @@ class BacktestReport:
     from_block: int
     to_block: int
     segments: list[Segment] = field(default_factory=list)
-    candidates: int = 0  # events of the trigger's topic0 and addresses
+    candidates: int = 0  # events of the trigger's topic0 and addresses (or children)
+    # A factory trigger: where its creation logs came from, and the children they created.
+    children_segments: list[Segment] = field(default_factory=list)
+    children: int = 0
     matches: int = 0
     decode_failures: int = 0
     first_decode_failure: DecodeFailure | None = None
@@ -154,6 +185,9 @@ async def load_trigger(conn: asyncpg.Connection, reference: str) -> LoadedTrigge
         id=row["id"], name=row["name"], chain_id=row["chain_id"], address=row["address"],
         event_signature=row["event_signature"], conditions=row["conditions"],
         confirmations=row["confirmations"], error=row["error"],
+        factory_address=row["factory_address"],
+        factory_event_signature=row["factory_event_signature"],
+        factory_parameter=row["factory_parameter"],
         actions=tuple(zip(row["action_ids"], map(orjson.loads, row["action_configs"]),
                           strict=True)))
     try:
@@ -164,8 +198,8 @@ async def load_trigger(conn: asyncpg.Connection, reference: str) -> LoadedTrigge
 
 
 def trigger_addresses(trigger: CompiledTrigger) -> tuple[str, ...]:
-    """The contracts whose logs the trigger reads, lowercase; ``()`` for any contract. The one
-    place a trigger naming several contracts (a factory's children) widens the log source."""
+    """The contract whose logs the trigger reads, lowercase; ``()`` for any contract — and for a
+    factory trigger, whose contracts are its children (:func:`children_from_db`)."""
     return (trigger.address,) if trigger.address else ()
 
 
@@ -202,7 +236,8 @@ class Evaluator:
     """Feeds events to the processor's matching for one trigger and keeps the report."""
 
     def __init__(self, trigger: CompiledTrigger, report: BacktestReport, *,
-                 first_matches: int = FIRST_MATCHES) -> None:
+                 first_matches: int = FIRST_MATCHES, children: Mapping[str, int] | None = None
+                 ) -> None:
         # A registry of this one trigger: its index and compiled conditions are the
         # processor's (``TriggerRegistry.build`` would drop a trigger without actions).
         self.registry = TriggerRegistry(triggers=(trigger,))
@@ -211,14 +246,37 @@ class Evaluator:
         self.keep = first_matches
         self.leaves = condition_leaves(trigger.condition)
         report.leaves = [LeafCount(path, _leaf_text(leaf)) for path, leaf in self.leaves]
+        # A factory trigger: child → block it was created in; an event is a candidate only when
+        # its emitter was created at or before its block (the processor's rule).
+        self.children = children
+        self.lookup: ChildLookup = {}
+        self.factory_indexes: tuple[MatchIndex, ...] = ()
+        if trigger.factory is not None:
+            if children is None:
+                raise ValueError("a factory trigger is evaluated with its children")
+            group = self.registry.factory_groups[trigger.factory]
+            self.lookup = {child: ((group, created),) for child, created in children.items()}
+            self.factory_indexes = group.indexes.get(trigger.topic0, ())
+
+    def _children_only(self, events: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        children = self.children
+        if children is None:
+            return events
+        kept = []
+        for event in events:
+            created = children.get(event["address"])
+            if created is not None and created <= event["block_number"]:
+                kept.append(event)
+        return kept
 
     def feed(self, events: Sequence[Mapping[str, Any]]) -> None:
         report, chain_id = self.report, self.trigger.chain_id
+        events = self._children_only(events)
         if not self.leaves:
-            matches_of = self.registry.matches
+            matches_of, lookup = self.registry.matches, self.lookup
             for event in events:
                 report.candidates += 1
-                matched, failures = matches_of(chain_id, event)
+                matched, failures = matches_of(chain_id, event, lookup)
                 if matched:
                     self._matched(event)
                 elif failures:
@@ -237,7 +295,8 @@ class Evaluator:
                 continue
             entries: list[Entry] = []
             decoded: DecodeMemo = {decoder: args}
-            for index in indexes_of(chain_id, event["address"], event["topic0"]):
+            for index in (self.factory_indexes or
+                          indexes_of(chain_id, event["address"], event["topic0"])):
                 index.match(event, decoded, entries)
             if entries:
                 self._matched(event)
@@ -291,3 +350,48 @@ async def stored_events(conn: asyncpg.Connection, segment: Segment, *, chain_id:
     for low in range(segment.first, segment.last + 1, BLOCK_PAGE):
         high = min(low + BLOCK_PAGE - 1, segment.last)
         yield high, await conn.fetch(_STORED_EVENTS, chain_id, low, high, topic0, wanted)
+
+
+# ---------------------------------------------------------------------- factory children
+
+
+def _earliest(into: dict[str, int], found: Mapping[str, int]) -> None:
+    for child, block in found.items():
+        if block < into.get(child, block + 1):
+            into[child] = block
+
+
+async def children_from_db(conn: asyncpg.Connection, factory: Factory, segment: Segment
+                           ) -> dict[str, int]:
+    """Children (→ creation block) of the factory's valid creation logs stored in ``segment``:
+    ``factory_children`` when the factory is registered, else the stored creation logs read
+    page by page. Reads only."""
+    factory_id = await conn.fetchval(_FACTORY_ID, factory.chain_id, factory.address,
+                                     factory.topic0, factory.child_topic, factory.child_offset)
+    if factory_id is not None:
+        rows = await conn.fetch(_REGISTERED_CHILDREN, factory_id, segment.first, segment.last)
+        return {row["child_address"]: row["created"] for row in rows}
+    found: dict[str, int] = {}
+    async for _, events in stored_events(conn, segment, chain_id=factory.chain_id,
+                                         topic0=factory.topic0, addresses=(factory.address,)):
+        _earliest(found, _children_of(factory, events))
+    return found
+
+
+async def children_from_node(factory: Factory,
+                             pages: AsyncIterator[tuple[int, list[dict[str, Any]]]], *,
+                             progress: ProgressCallback | None = None) -> dict[str, int]:
+    """Children (→ creation block) of the factory's creation logs in ``pages``: the node's
+    logs of the factory's address and creation ``topic0``, proven complete
+    (``ingest.trigger_logs``), as ``(last block, logs)`` ranges."""
+    found: dict[str, int] = {}
+    async for last, logs in pages:
+        _earliest(found, _children_of(factory, logs))
+        if progress is not None:
+            progress(last)
+    return found
+
+
+def _children_of(factory: Factory, events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    return new_children([factory], ((e["block_number"], e["address"], e["topic0"], e["topic1"],
+                                     e["topic2"], e["topic3"], e["data"]) for e in events))

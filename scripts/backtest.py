@@ -13,6 +13,11 @@ elsewhere — before the stored history, above the checkpoint, or for a contract
 (``processor.backtest``, ``ingest.trigger_logs``). ``--to-block`` defaults to the checkpoint
 (or the node's head − ``CONFIRMATIONS`` when nothing is stored).
 
+A factory trigger first finds its children — the factory's creation logs from
+``--factory-from-block`` (default 0; give the factory's deployment block to skip older history on
+the node) to ``--to-block`` — then evaluates the children's logs, each only from its creation
+block on. Nothing is registered.
+
 Exit codes: 0 done, 1 one line (no such trigger, invalid trigger, empty range, a range above the
 node's head, database or node unreachable), 2 bad arguments, 130 interrupted.
 """
@@ -22,11 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import (  # noqa: E402
@@ -40,10 +47,12 @@ from rich.table import Table  # noqa: E402
 
 from core.db import connect  # noqa: E402
 from core.errors import PermanentError  # noqa: E402
+from core.factories import Factory  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.redact import redact_urls_in  # noqa: E402
 from core.settings import IngestSettings, load_settings  # noqa: E402
 from ingest.endpoints import EndpointPool  # noqa: E402
+from ingest.factories import MAX_FILTER_ADDRESSES  # noqa: E402
 from ingest.fetch import retry_rpc  # noqa: E402
 from ingest.finality import ingest_target  # noqa: E402
 from ingest.trigger_logs import trigger_logs  # noqa: E402
@@ -52,6 +61,9 @@ from processor.backtest import (  # noqa: E402
     BacktestReport,
     Evaluator,
     LoadedTrigger,
+    Segment,
+    children_from_db,
+    children_from_node,
     load_trigger,
     plan_segments,
     stored_events,
@@ -104,19 +116,37 @@ class Backtest:
                                     f"block {to_block}")
             report = BacktestReport(trigger.id, trigger.name, loaded.enabled, chain_id,
                                     self.args.from_block, to_block)
-            addresses = trigger_addresses(trigger)
+            addresses: Sequence[str] = trigger_addresses(trigger)
             report.segments = await plan_segments(
                 conn, chain_id=chain_id, first=self.args.from_block, last=to_block,
                 addresses=addresses, ingest_addresses=self.settings.address_filter)
-            from_node = [segment.last for segment in report.segments if segment.source == "node"]
+            factory = trigger.factory
+            if factory is not None:
+                report.children_segments = await plan_segments(
+                    conn, chain_id=chain_id, first=min(self.args.factory_from_block, to_block),
+                    last=to_block, addresses=(factory.address,),
+                    ingest_addresses=self.settings.address_filter)
+            from_node = [segment.last for segment in
+                         (*report.segments, *report.children_segments) if segment.source == "node"]
             if from_node:
                 head = await retry_rpc("eth_blockNumber", (await self._node(chain_id)).head)
                 if max(from_node) > head + NEAR_HEAD:
                     raise BacktestError(f"block {max(from_node)} is above the node's head {head}: "
                                         "nothing to read there yet")
-            evaluator = Evaluator(trigger, report, first_matches=self.args.show)
+            children = None
+            if factory is not None:
+                children = await self._children(conn, factory, report, progress)
+                report.children = len(children)
+            evaluator = Evaluator(trigger, report, first_matches=self.args.show, children=children)
             task = progress.add_task("backtest", total=report.blocks)
+            if children is not None and not children:
+                progress.update(task, completed=report.blocks)
+                return loaded, report  # no child: no candidate
             for segment in report.segments:
+                if children is not None:
+                    # The children's logs by address, or past the address-list limit by topic0
+                    # alone, kept by the evaluator when the emitter is a child (stored or node).
+                    addresses = sorted(children) if len(children) <= MAX_FILTER_ADDRESSES else []
                 pages = (stored_events(conn, segment, chain_id=chain_id, topic0=trigger.topic0,
                                        addresses=addresses)
                          if segment.source == "stored" else
@@ -133,6 +163,30 @@ class Backtest:
             if self.node is not None:
                 await self.node.close()
 
+    async def _children(self, conn: asyncpg.Connection, factory: Factory, report: BacktestReport,
+                        progress: Progress) -> dict[str, int]:
+        """The factory's children (→ creation block) up to the range's end; read, not stored."""
+        segments: list[Segment] = report.children_segments
+        first = segments[0].first
+        task = progress.add_task("children", total=segments[-1].last - first + 1)
+        children: dict[str, int] = {}
+        for segment in segments:
+            if segment.source == "stored":
+                found = await children_from_db(conn, factory, segment)
+            else:
+                pages = trigger_logs(await self._node(report.chain_id), chain_id=report.chain_id,
+                                     first=segment.first, last=segment.last,
+                                     addresses=(factory.address,), topic0=factory.topic0,
+                                     max_block_range=self.settings.max_block_range)
+                found = await children_from_node(
+                    factory, pages,
+                    progress=lambda last: progress.update(task, completed=last - first + 1))
+            for child, block in found.items():
+                if block < children.get(child, block + 1):
+                    children[child] = block
+            progress.update(task, completed=segment.last - first + 1)
+        return children
+
 
 # ---------------------------------------------------------------------- output
 
@@ -148,12 +202,19 @@ def webhook_body(loaded: LoadedTrigger, event: dict[str, Any]) -> dict[str, Any]
 
 def as_json(loaded: LoadedTrigger, report: BacktestReport) -> dict[str, Any]:
     bodies = [webhook_body(loaded, event) for event in report.first_matches]
+    factory = loaded.compiled.factory
     failure = report.first_decode_failure
     return {
         "trigger": {"id": report.trigger_id, "name": report.trigger_name,
                     "enabled": report.enabled, "chain_id": report.chain_id,
                     "address": loaded.compiled.address,
+                    "factory": None if factory is None else {
+                        "address": factory.address, "topic0": factory.topic0},
                     "signature": loaded.compiled.signature.canonical},
+        "children": None if factory is None else {
+            "count": report.children,
+            "sources": [{"source": s.source, "from_block": s.first, "to_block": s.last}
+                        for s in report.children_segments]},
         "from_block": report.from_block, "to_block": report.to_block, "blocks": report.blocks,
         "sources": [{"source": s.source, "from_block": s.first, "to_block": s.last}
                     for s in report.segments],
@@ -185,6 +246,14 @@ def render(document: dict[str, Any], console: Console) -> None:
         table.add_row(f"blocks from {'the database' if source['source'] == 'stored' else 'the node'}",
                       f"{source['from_block']:,}..{source['to_block']:,}")
     where = trigger["address"] or "any contract"
+    children = document["children"]
+    if children is not None:
+        where = f"the children of factory {trigger['factory']['address']}"
+        for source in children["sources"]:
+            table.add_row("creation logs from "
+                          f"{'the database' if source['source'] == 'stored' else 'the node'}",
+                          f"{source['from_block']:,}..{source['to_block']:,}")
+        table.add_row("children created by the range's end", f"{children['count']:,}")
     table.add_row(f"{trigger['signature']} events of {where}", f"{document['candidates']:,}")
     table.add_row("matches", f"{document['matches']:,}")
     table.add_row("matches per 1,000 blocks", f"{document['matches_per_1000_blocks']:,.3f}")
@@ -227,6 +296,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-block", type=int, required=True)
     parser.add_argument("--to-block", type=int, default=None,
                         help="last block (default: the chain's checkpoint)")
+    parser.add_argument("--factory-from-block", type=int, default=0,
+                        help="a factory trigger: first block to look for its creation logs "
+                             "(default 0; the factory's deployment block is enough)")
     parser.add_argument("--show", type=int, default=5, help="first matches to print (default 5)")
     parser.add_argument("--rpc-url", default=None,
                         help="the node, or several separated by commas (default: RPC_URL)")
@@ -235,6 +307,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     problem = None
     if args.from_block < 0 or (args.to_block is not None and args.to_block < args.from_block):
         problem = "need 0 <= --from-block <= --to-block"
+    elif args.factory_from_block < 0:
+        problem = "--factory-from-block must be >= 0"
     elif args.show < 0:
         problem = "--show must be >= 0"
     if problem is not None:  # one line, like every other refusal of this command
