@@ -82,6 +82,10 @@ def _head_words(abi_type: ABIType) -> int:
 def child_location(signature: EventSignature, parameter: str) -> tuple[int, int]:
     """``(child_topic, child_offset)`` of the top-level ``address`` parameter named
     ``parameter``; raises ``InvalidTrigger`` naming what is wrong."""
+    from eth_abi.grammar import parse
+
+    from core.abi import arg_name
+
     topic = 0
     words = 0
     for position, param in enumerate(signature.inputs):
