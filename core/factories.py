@@ -21,12 +21,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
-from eth_abi.grammar import ABIType, TupleType, parse
 
-from core.abi import EventSignature, arg_name, parse_event_signature
 from core.errors import InvalidTrigger
+
+if TYPE_CHECKING:
+    # Imported where used: eth-abi (and eth-utils under it) is ~60 ms of start-up that only the
+    # processor, which validates factory triggers, needs; the indexer only loads registered
+    # factories (``ingest.factories``).
+    from eth_abi.grammar import ABIType
+
+    from core.abi import EventSignature
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
@@ -60,6 +67,8 @@ class Factory:
 
 def _head_words(abi_type: ABIType) -> int:
     """32-byte words a parameter takes in the head of ``data`` (a dynamic one: its offset)."""
+    from eth_abi.grammar import TupleType
+
     if abi_type.is_dynamic:
         return 1
     if abi_type.is_array:
@@ -73,6 +82,10 @@ def _head_words(abi_type: ABIType) -> int:
 def child_location(signature: EventSignature, parameter: str) -> tuple[int, int]:
     """``(child_topic, child_offset)`` of the top-level ``address`` parameter named
     ``parameter``; raises ``InvalidTrigger`` naming what is wrong."""
+    from eth_abi.grammar import parse
+
+    from core.abi import arg_name
+
     topic = 0
     words = 0
     for position, param in enumerate(signature.inputs):
@@ -94,6 +107,8 @@ def factory_of(chain_id: int, address: str, event_signature: str, parameter: str
     """Validate a trigger's factory columns; raise ``InvalidTrigger`` with a reason for
     ``triggers.error`` (prefixed ``factory_event_signature:`` for a declaration that does not
     parse)."""
+    from core.abi import parse_event_signature
+
     if not _ADDRESS.match(address):
         raise InvalidTrigger(f"factory_address {address!r} is not a 0x address")
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from core.errors import RpcBadResponse, RpcUnavailable
 from ingest.bloom import admits, admits_any, bloom_of, item_bits, log_bits
@@ -96,24 +97,34 @@ def check_range(first: int, headers: Sequence[Header | None], logs: Sequence[Log
 
 def _scan(logs: Sequence[Log]) -> tuple[dict[int, int], dict[int, str], set[int]]:
     """One pass over the logs (the hot loop of the proof): the bloom each block's logs make,
-    the ``blockHash`` they carry, and the blocks whose logs carry different hashes. Items are
-    collected per block as sets first (a dense block repeats its contracts and event
-    signatures), so each distinct item is looked up — or hashed — once."""
+    the ``blockHash`` they carry, and the blocks whose logs carry different hashes.
+
+    The logs are turned into columns (``zip``) and walked run by run of equal block numbers
+    (a node answers in block order, so a run is a whole block; any other order is still
+    correct, only with shorter runs): each run's items and hashes are collected with set
+    operations on column slices, C loops instead of five ``set.add`` calls per log. Items are
+    collected per block as sets (a dense block repeats its contracts and event signatures), so
+    each distinct item is looked up — or hashed — once."""
     items: dict[int, set[str | None]] = {}
     hashes: dict[int, str] = {}
     mixed: set[int] = set()
-    for number, block_hash, _, _, _, address, t0, t1, t2, t3, _ in logs:
+    if not logs:
+        return {}, hashes, mixed
+    numbers, block_hashes, _, _, _, addresses, t0, t1, t2, t3, _ = zip(*logs, strict=True)
+    start = 0
+    for number, run in groupby(numbers):
+        end = start + len(list(run))
+        run_hashes = set(block_hashes[start:end])
         block_items = items.get(number)
         if block_items is None:
-            block_items = items[number] = set()
-            hashes[number] = block_hash
-        elif hashes[number] != block_hash:
+            block_items = items[number] = set(addresses[start:end])
+            hashes[number] = block_hashes[start]
+        else:
+            block_items.update(addresses[start:end])
+        if len(run_hashes) > 1 or hashes[number] not in run_hashes:
             mixed.add(number)
-        block_items.add(address)
-        block_items.add(t0)
-        block_items.add(t1)
-        block_items.add(t2)
-        block_items.add(t3)
+        block_items.update(t0[start:end], t1[start:end], t2[start:end], t3[start:end])
+        start = end
     blooms = {}
     for number, block_items in items.items():
         block_items.discard(None)

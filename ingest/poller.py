@@ -124,6 +124,7 @@ class Indexer:
         # With INGEST_ADDRESSES: the factories and children asked for besides (ingest.factories).
         self._watch: ChildWatch | None = None
         self._endpoints_saved_at = 0.0
+        self._endpoints_due = False
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -137,11 +138,19 @@ class Indexer:
         log.info("stopped", chain_id=self.chain_id)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        node_chain = await until_stopped(
-            retry_rpc("eth_chainId", self.source.chain_id, metrics=self.metrics), stop)
-        if self.settings.chain_id is not None and self.settings.chain_id != node_chain:
-            raise ChainMismatch(f"CHAIN_ID={self.settings.chain_id} but the node at "
-                                f"{self._source_label()} reports chain {node_chain}")
+        # Start-up: the node's chain id and the first database connection do not depend on each
+        # other, so both are asked for at once (an unreachable database still ends the process
+        # with its one line, once the chain id is known).
+        opening = asyncio.ensure_future(self._connect(first=True))
+        try:
+            node_chain = await until_stopped(
+                retry_rpc("eth_chainId", self.source.chain_id, metrics=self.metrics), stop)
+            if self.settings.chain_id is not None and self.settings.chain_id != node_chain:
+                raise ChainMismatch(f"CHAIN_ID={self.settings.chain_id} but the node at "
+                                    f"{self._source_label()} reports chain {node_chain}")
+        except BaseException:
+            await _discard_connection(opening)
+            raise
         self.chain_id = node_chain
         self.metrics.chain.info({"chain_id": str(node_chain)})
         if isinstance(self.settings.confirmations, str):
@@ -153,12 +162,17 @@ class Indexer:
                                      metrics=self.metrics, chain_id=self.chain_id)
         if self.settings.address_filter:
             self._watch = ChildWatch(self.chain_id, self.settings.address_filter)
+        connecting: asyncio.Future[asyncpg.Connection] | None = opening
         first_connection = True
         attempt = 0
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await self._connect(first=first_connection)
+                if connecting is not None:
+                    opened, connecting = connecting, None
+                    conn = await until_stopped(opened, stop)
+                else:
+                    conn = await self._connect(first=first_connection)
                 first_connection = False
                 await self._become_writer(conn, stop)
                 attempt = 0
@@ -201,7 +215,7 @@ class Indexer:
                 announced = True
             await sleep_or_stop(STANDBY_RETRY_SECONDS, stop)
         log.info("active: holding the writer lock", chain_id=self.chain_id)
-        await self._save_endpoints(conn, force=True)
+        self._endpoints_due = True  # saved once the first range's fetch is under way
 
     # ---------------------------------------------------------------------------- the loop
 
@@ -211,8 +225,8 @@ class Indexer:
             head, target = await until_stopped(retry_rpc(
                 "eth_blockNumber", lambda: ingest_target(self.source, self.settings.confirmations),
                 chain_id=self.chain_id, metrics=self.metrics), stop)
-            await self._save_endpoints(conn)
             if target < 0:  # CONFIRMATIONS=finalized on a chain with nothing final yet
+                await self._save_endpoints(conn)
                 self.metrics.observe_progress(head=head)
                 await sleep_or_stop(self.settings.poll_interval, stop)
                 continue
@@ -220,8 +234,9 @@ class Indexer:
                 self.checkpoint = await self._initial_checkpoint(target, stop)
             self.metrics.observe_progress(head=head, target=target, checkpoint=self.checkpoint.number)
             if self.checkpoint.number < target:
-                await self._catch_up(conn, target, stop)
+                await self._catch_up(conn, target, stop)  # saves the endpoints' state too
                 continue
+            await self._save_endpoints(conn)
             if not await self._check_window(conn, stop):
                 await sleep_or_stop(self.settings.poll_interval, stop)
 
@@ -247,6 +262,7 @@ class Indexer:
         pending: asyncio.Future[Batch] | None = asyncio.ensure_future(
             self._fetch(self.checkpoint.number + 1, target))
         try:
+            await self._save_endpoints(conn)  # while the first range is fetched
             while pending is not None:
                 batch = await until_stopped(pending, stop)
                 pending = None
@@ -293,15 +309,17 @@ class Indexer:
                  lag=target - batch.last, range_blocks=self.sizer.size)
         await self._save_endpoints(conn)
 
-    async def _save_endpoints(self, conn: asyncpg.Connection, *, force: bool = False) -> None:
+    async def _save_endpoints(self, conn: asyncpg.Connection) -> None:
         """Every ``ENDPOINT_STATE_SECONDS``, outside any range transaction: the endpoints'
-        state for ``status.py`` (only with an ``EndpointPool``; only by the active indexer)."""
+        state for ``status.py`` (only with an ``EndpointPool``; only by the active indexer), and
+        once as soon as it becomes the active one."""
         if not isinstance(self.source, EndpointPool):
             return
         now = time.monotonic()
-        if not force and now - self._endpoints_saved_at < ENDPOINT_STATE_SECONDS:
+        if not self._endpoints_due and now - self._endpoints_saved_at < ENDPOINT_STATE_SECONDS:
             return
         self._endpoints_saved_at = now
+        self._endpoints_due = False
         await save_endpoint_statuses(conn, self.chain_id, self.source.statuses())
 
     async def _check_window(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
@@ -365,6 +383,15 @@ def _is_connection_error(error: asyncpg.PostgresError) -> bool:
     # Class 08 (connection exception), 57P01-57P03 (admin shutdown, crash, cannot connect now).
     code = getattr(error, "sqlstate", "") or ""
     return code.startswith("08") or code in {"57P01", "57P02", "57P03"}
+
+
+async def _discard_connection(opening: asyncio.Future[asyncpg.Connection]) -> None:
+    """Cancel a connection still being opened, or close it if it was opened."""
+    opening.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await opening
+    if opening.done() and not opening.cancelled() and opening.exception() is None:
+        await _close_quietly(opening.result())
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:

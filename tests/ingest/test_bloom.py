@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import RpcBadResponse
 from ingest.bloom import admits, admits_any, item_bits, log_bits, logs_bloom, parse_bloom
@@ -17,6 +19,7 @@ from ingest.completeness import (
     HashMismatch,
     IncompleteLogs,
     NotSeenYet,
+    _scan,
     check_range,
     confirm_blocks,
     found_missing_logs,
@@ -132,3 +135,37 @@ def test_with_an_address_filter_empty_looking_blocks_are_confirmed_by_hash(
     stray = [logs[0]._replace(address=SILENT[0])]
     assert isinstance(check_range(header.number, [header], stray, addresses=list(SILENT)).problem,
                       IncompleteLogs)
+
+
+# ------------------------------------------------------------------ the proof's scan, any order
+
+def _scan_log_by_log(logs: list[Log]) -> tuple[dict[int, int], dict[int, str], set[int]]:
+    """The proof's scan written plainly, one log at a time: what the columnar one must equal."""
+    blooms: dict[int, int] = {}
+    hashes: dict[int, str] = {}
+    mixed: set[int] = set()
+    for entry in logs:
+        if entry.block_number not in hashes:
+            hashes[entry.block_number] = entry.block_hash
+        elif hashes[entry.block_number] != entry.block_hash:
+            mixed.add(entry.block_number)
+        blooms[entry.block_number] = blooms.get(entry.block_number, 0) | log_bits(entry)
+    return blooms, hashes, mixed
+
+
+_hex32 = st.sampled_from([f"0x{n:064x}" for n in range(6)])
+_scan_logs = st.lists(st.builds(
+    lambda number, block_hash, address, topics, index: Log(
+        number, block_hash, "0x" + "ab" * 32, 0, index, address,
+        *(topics + [None] * (4 - len(topics))), "0x"),
+    st.integers(0, 3), _hex32, st.sampled_from([f"0x{n:040x}" for n in range(3)]),
+    st.lists(_hex32, max_size=4), st.integers(0, 1000)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scan_logs, st.booleans())
+def test_scan_equals_the_log_by_log_scan_in_any_order_and_with_mixed_hashes(
+        logs: list[Log], in_block_order: bool) -> None:
+    if in_block_order:
+        logs = sorted(logs, key=lambda entry: entry.block_number)
+    assert _scan(logs) == _scan_log_by_log(logs)
