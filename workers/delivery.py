@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
+from yarl import URL
 
 from core.errors import EndpointRejected, EndpointUnavailable
 from workers.ssrf import GuardedResolver, TargetForbidden, check_url
@@ -66,8 +67,11 @@ class WebhookClient:
             limit=max_connections, limit_per_host=max_connections_per_host,
             use_dns_cache=False, resolver=GuardedResolver(allow_private=allow_private),
             keepalive_timeout=30)
+        # The attempt's own deadline (asyncio.timeout in post()) bounds each request; no second
+        # aiohttp timer per request (its default total timeout is 300 s, never the tighter one).
         self._session = aiohttp.ClientSession(
             connector=connector, trust_env=False, auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=None),
             headers={"user-agent": "blockhook-webhooks/0.1"}, skip_auto_headers=("accept-encoding",))
 
     async def close(self) -> None:
@@ -84,7 +88,7 @@ class WebhookClient:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_seconds):
-                async with self._session.post(target, data=body, headers=dict(headers),
+                async with self._session.post(target, data=body, headers=headers,
                                               allow_redirects=False) as reply:
                     raw = await reply.content.read(BODY_CAP)
                     return Response(status=reply.status, elapsed=time.perf_counter() - started,
@@ -111,13 +115,13 @@ class WebhookClient:
                                       f"{error.strerror or error}") from None
 
 
-def check_url_or_reject(url: str, *, allow_private: bool) -> str:
-    """``check_url`` with the refusal as ``EndpointRejected``; returns the URL to request."""
+def check_url_or_reject(url: str, *, allow_private: bool) -> URL:
+    """``check_url`` with the refusal as ``EndpointRejected``; returns the parsed URL to
+    request (cached by ``check_url``: aiohttp does not parse the string again per request)."""
     try:
-        check_url(url, allow_private=allow_private)
+        return check_url(url, allow_private=allow_private)
     except TargetForbidden as error:
         raise EndpointRejected(str(error)) from None
-    return url
 
 
 def _describe(error: aiohttp.ClientError) -> str:

@@ -36,6 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import structlog
@@ -64,7 +65,7 @@ log = structlog.get_logger(__name__)
 RECORD_RETRY_SECONDS = 120.0
 RECORD_BATCH = 200
 # The recorder waits this long for more outcomes before a small batch (fewer transactions).
-RECORD_LINGER_SECONDS = 0.003
+RECORD_LINGER_SECONDS = 0.01
 MAINTENANCE_INTERVAL_SECONDS = 1.0
 # Ids parked per endpoint at most; beyond, the sweep brings them back.
 WAITING_LIMIT = 100_000
@@ -80,11 +81,23 @@ def _live_block_time(row: asyncpg.Record) -> float | None:
     return float(row["block_time"].timestamp())
 
 
+# (endpoint key, outcome status) → the labelled counter (a label lookup takes a lock per call).
+_endpoint_attempts: dict[tuple[str, str], Any] = {}
+
+
+def _endpoint_attempts_counter(key: str, status: str) -> Any:
+    counter = _endpoint_attempts.get((key, status))
+    if counter is None:
+        host = key.rsplit(":", 1)[0] if key != "?" else "?"
+        counter = _endpoint_attempts[(key, status)] = metrics.ENDPOINT_ATTEMPTS.labels(
+            host, _ENDPOINT_OUTCOMES[status])
+    return counter
+
+
 def _observe(done: _Done, outcome: Outcome) -> None:
     """Per-endpoint-host counts and the chain → receiver latency of one recorded outcome."""
     if outcome.attempted and outcome.status in _ENDPOINT_OUTCOMES:
-        host = done.endpoint.key.rsplit(":", 1)[0] if done.endpoint.key != "?" else "?"
-        metrics.ENDPOINT_ATTEMPTS.labels(host, _ENDPOINT_OUTCOMES[outcome.status]).inc()
+        _endpoint_attempts_counter(done.endpoint.key, outcome.status).inc()
     if outcome.status == "delivered" and done.live_block_time is not None:
         metrics.EVENT_TO_WEBHOOK.observe(max(0.0, time.time() - done.live_block_time))
 
@@ -169,6 +182,8 @@ class Dispatcher:
         self._record_retry_seconds = record_retry_seconds
         self.endpoints: dict[str, Endpoint] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # The in-flight gauge of each endpoint, labelled once (set twice per delivery).
+        self._inflight_gauges: dict[str, Any] = {}
         self._refilling: set[str] = set()
         # Endpoints a claim in progress refers to: maintenance must not forget them meanwhile.
         self._pinned: dict[str, int] = defaultdict(int)
@@ -230,6 +245,7 @@ class Dispatcher:
                 failures_to_open=self.settings.circuit_failures,
                 probe_interval=self.settings.probe_interval)
             self._slots[key] = asyncio.Semaphore(self.settings.endpoint_concurrency)
+            self._inflight_gauges[key] = metrics.ENDPOINT_INFLIGHT.labels(key)
         return endpoint
 
     async def submit(self, delivery_ids: Sequence[int]) -> Submitted:
@@ -356,15 +372,16 @@ class Dispatcher:
             async with self._slots[endpoint.key]:
                 if not endpoint.may_send():
                     return  # released below: the circuit opened while this one waited
+                gauge = self._inflight_gauges[endpoint.key]
                 endpoint.in_flight += 1
-                metrics.ENDPOINT_INFLIGHT.labels(endpoint.key).set(endpoint.in_flight)
+                gauge.set(endpoint.in_flight)
                 try:
                     outcome = await attempt_or_requeue(row, client=self.client,
                                                        policy=self.policy, jitter=jitter,
                                                        keyring=self.keyring)
                 finally:
                     endpoint.in_flight -= 1
-                    metrics.ENDPOINT_INFLIGHT.labels(endpoint.key).set(endpoint.in_flight)
+                    gauge.set(endpoint.in_flight)
             self._count(endpoint, outcome)
         finally:
             # Its endpoint place is free once the request is over (recording is separate: the
@@ -480,6 +497,7 @@ class Dispatcher:
         """Drop an idle endpoint's state (bounded memory and label sets)."""
         del self.endpoints[key]
         del self._slots[key]
+        del self._inflight_gauges[key]
         for gauge in (metrics.ENDPOINT_INFLIGHT, metrics.ENDPOINT_CIRCUIT_OPEN,
                       metrics.ENDPOINT_WAITING):
             try:
