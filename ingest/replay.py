@@ -225,6 +225,23 @@ async def _replay_split(conn: asyncpg.Connection, settings: IngestSettings, sour
             result.interrupted = True
             return
         checkpoint = await load_checkpoint(conn, chain_id)
+    await _replay_settled_then_unlocked(conn, settings, source, result, progress, stop, watch,
+                                        checkpoint)
+    if result.left_to_indexer is not None:
+        log.info("left to the live indexer: its reorg window and above its checkpoint",
+                 chain_id=chain_id, first=result.left_to_indexer, last=result.to_block,
+                 settled_through=result.settled_through)
+
+
+async def _replay_settled_then_unlocked(conn: asyncpg.Connection, settings: IngestSettings,
+                                        source: ChainSource, result: ReplayResult,
+                                        progress: ProgressCallback | None, stop: asyncio.Event,
+                                        watch: ChildWatch | None,
+                                        checkpoint: Checkpoint) -> None:
+    """The split of the module doc once a checkpoint exists: ``[from, settled]`` concurrently
+    (events only), the rest under the writer lock if no indexer holds it, else its first block
+    goes to ``result.left_to_indexer``."""
+    chain_id = result.chain_id
     settled = await settled_through(conn, source, chain_id=chain_id, checkpoint=checkpoint,
                                     reorg_window=settings.reorg_window)
     concurrent_last = min(result.to_block, settled)
@@ -242,8 +259,6 @@ async def _replay_split(conn: asyncpg.Connection, settings: IngestSettings, sour
             else not await try_writer_lock(conn, chain_id))
     if live:
         result.left_to_indexer = rest
-        log.info("left to the live indexer: its reorg window and above its checkpoint",
-                 chain_id=chain_id, first=rest, last=result.to_block, settled_through=settled)
         return
     await _replay_ranges(conn, settings, source, result, progress, stop, first=rest,
                          last=result.to_block, concurrent=False, watch=watch)
@@ -264,22 +279,13 @@ async def _backfill_children(conn: asyncpg.Connection, settings: IngestSettings,
     backfill = ReplayResult(chain_id, result.to_block + 1, checkpoint.number, False)
     log.info("backfilling children found by the replay", chain_id=chain_id,
              children=len(children), from_block=backfill.from_block, to_block=backfill.to_block)
-    settled = await settled_through(conn, source, chain_id=chain_id, checkpoint=checkpoint,
-                                    reorg_window=settings.reorg_window)
-    concurrent_last = min(backfill.to_block, settled)
-    if backfill.from_block <= concurrent_last:
-        await _replay_ranges(conn, settings, source, backfill, None, stop,
-                             first=backfill.from_block, last=concurrent_last, concurrent=True,
-                             watch=watch)
-    rest = max(backfill.from_block, concurrent_last + 1)
-    if rest <= backfill.to_block and not backfill.interrupted:
-        if await try_writer_lock(conn, chain_id):
-            await _replay_ranges(conn, settings, source, backfill, None, stop, first=rest,
-                                 last=backfill.to_block, concurrent=False, watch=watch)
-        else:
-            log.warning("children's logs in the live indexer's window were not backfilled: "
-                        "replay these blocks again once they have settled", chain_id=chain_id,
-                        first=rest, last=backfill.to_block, children=len(children))
+    await _replay_settled_then_unlocked(conn, settings, source, backfill, None, stop, watch,
+                                        checkpoint)
+    if backfill.left_to_indexer is not None:
+        log.warning("children's logs in the live indexer's window were not backfilled: "
+                    "replay these blocks again once they have settled", chain_id=chain_id,
+                    first=backfill.left_to_indexer, last=backfill.to_block,
+                    children=len(children))
     result.logs_added += backfill.logs_added
     result.events_invalidated += backfill.events_invalidated
     result.divergent_blocks += backfill.divergent_blocks
