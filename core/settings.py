@@ -68,7 +68,7 @@ Finality = Literal["finalized", "safe"]
 class BaseServiceSettings(BaseSettings):
     """What every service reads: where the database and Redis are, how to log, metrics port."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", defer_build=True)
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/blockhook"
     redis_url: str = "redis://127.0.0.1:6379/0"

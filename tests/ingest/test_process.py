@@ -153,9 +153,10 @@ def _get(url: str) -> str:
 def test_start_up_imports_nothing_the_ingest_path_does_not_use() -> None:
     """Start-up to the first request is part of every run's time (docs/ingest.md): the indexer
     validates no ABI, holds no webhook secret and has no ORM, so eth-abi/eth-utils, web3,
-    cryptography and SQLAlchemy (together ~150 ms of imports) stay out of its process."""
+    cryptography and SQLAlchemy (together ~150 ms of imports) stay out of its process, and so
+    does rich (structlog would import it: core/__init__.py)."""
     code = ("import sys, ingest.__main__; print(' '.join(sorted({m.split('.')[0] for m in "
-            "sys.modules} & {'eth_abi', 'eth_utils', 'web3', 'cryptography', 'sqlalchemy'})))")
+            "sys.modules} & {'eth_abi', 'eth_utils', 'web3', 'cryptography', 'sqlalchemy', 'rich'})))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "", f"imported at start-up: {result.stdout.strip()}"
