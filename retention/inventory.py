@@ -8,7 +8,6 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel
 
-from core.schema import metadata
 from retention.events import chains_in_events
 
 # The column that dates a row, per table ("oldest row"). ``events``: see _OLDEST_EVENT.
@@ -46,6 +45,11 @@ class TableStat(BaseModel):
 
 async def table_sizes(conn: asyncpg.Connection, *, storage: str) -> dict[str, tuple[int, int | None]]:
     """Bytes and estimated rows per blockhook table (``events`` as a whole hypertable)."""
+    # The table names come from the schema's one source, SQLAlchemy Core metadata, imported
+    # here and not at module level: SQLAlchemy is ~0.3 s of start-up, and the processor (which
+    # runs retention) has no other use for it.
+    from core.schema import metadata
+
     sizes: dict[str, tuple[int, int | None]] = {}
     for name in sorted(metadata.tables):
         if name == "events" and storage == "timescaledb":

@@ -1,5 +1,6 @@
-"""Service start-up imports: rich stays out of every service process (``core/__init__.py``), and
-console logs still carry whole tracebacks."""
+"""Service start-up imports: rich (``core/__init__.py``) and SQLAlchemy (``retention.inventory``
+imports the schema where it lists tables) stay out of every service process, and console logs
+still carry whole tracebacks."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("service", ["ingest", "processor", "workers"])
-def test_no_service_imports_rich_at_start_up(service: str) -> None:
-    result = _python(f"import sys, {service}.__main__; "
-                     "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))")
+def test_no_service_imports_rich_or_sqlalchemy_at_start_up(service: str) -> None:
+    result = _python(f"import sys, {service}.__main__; print(sorted({{m.split('.')[0] for m in "
+                     "sys.modules} & {'rich', 'sqlalchemy'}))")
     assert result.stdout.strip() == "[]"
 
 
