@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
+from redis.exceptions import RedisError
+
+from core.queue import delivery_queue
 from workers import runtime
 
-# A history job (a refire's, from ``core.queue.REPLAY_QUEUE_NAME``) waits until the process's
-# deliveries are sent before the worker takes its next job, at most this long: the dispatcher
-# never holds more than one history chunk, so a live job that arrives meanwhile waits for that
-# chunk only instead of queueing behind a whole refire in the endpoint's waiting list.
+# A history job (a refire's, from ``core.queue.REPLAY_QUEUE_NAME``) holds the worker until the
+# process's deliveries are sent, at most this long: the dispatcher then never holds more than
+# about one history chunk, so the refire does not pile up in one process's waiting lists.
 HISTORY_DRAIN_SECONDS = 60.0
+# ... but it lets go as soon as a live job is queued (checked this often): the worker takes the
+# live job next (RQ serves the live queue first) while the history chunk goes on being sent in
+# the background. Holding the worker for the whole chunk made live webhooks wait behind it.
+LIVE_CHECK_SECONDS = 0.02
 
 
 def deliver_batch(delivery_ids: list[int], *, lock_retries: int = 0,
@@ -26,5 +34,20 @@ def deliver_batch(delivery_ids: list[int], *, lock_retries: int = 0,
     current = runtime.current()
     counts = current.deliver(delivery_ids, lock_retries=lock_retries)
     if history:
-        current.drain(HISTORY_DRAIN_SECONDS)
+        drain_unless_live_work(current)
     return counts
+
+
+def drain_unless_live_work(current: runtime.Runtime) -> None:
+    """Wait until the process's deliveries are sent (at most :data:`HISTORY_DRAIN_SECONDS`), or
+    until a live job is waiting in the queue, whichever comes first."""
+    live = delivery_queue(current.redis)
+    deadline = time.monotonic() + HISTORY_DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        if current.drain(LIVE_CHECK_SECONDS):
+            return
+        try:
+            if live.count:
+                return
+        except RedisError:
+            pass  # Redis is down: no live job can arrive meanwhile either; go on draining

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from core.queue import ENDPOINT_STATE_KEY
+from core.queue import ENDPOINT_STATE_KEY, REPLAY_QUEUE_NAME, enqueue_deliveries
 from tests.support.receiver import Receiver, Step
 from tests.workers import rows
 from tests.workers.conftest import RuntimeFactory, WorkUntil
@@ -144,3 +144,36 @@ def test_endpoint_key_is_host_and_port() -> None:
     assert endpoint_key("http://127.0.0.1:8080/a") == "127.0.0.1:8080"
     assert endpoint_key("not a url") == "?"
     assert endpoint_key(None) == "?"
+
+
+def test_a_refires_history_job_lets_a_live_webhook_through_at_once(
+        plain_db_url: str, redis_url: str, receiver: Receiver, secret: str) -> None:
+    """A history job (``scripts/replay.py --refire``) holds its worker until its chunk is sent,
+    so that a refire does not pile up in one process; but a live job queued meanwhile is taken
+    at once, while the chunk goes on being sent in the background."""
+    with Receiver(secret=secret) as slow:
+        slow.script(Step(status=200, hang=0.5, times=100_000))
+        with rows.connect(plain_db_url) as conn:
+            trigger_id = rows.insert_trigger(conn)
+            refired = rows.insert_action(conn, trigger_id, {"url": slow.url, "secret": secret})
+            watched = rows.insert_action(conn, trigger_id, {"url": receiver.url, "secret": secret})
+            history = [rows.insert_delivery(conn, action_id=refired, trigger_id=trigger_id,
+                                            event_id=rows.transfer_event(conn, log_index=n))
+                       for n in range(50)]
+            live = rows.insert_delivery(conn, action_id=watched, trigger_id=trigger_id,
+                                        event_id=rows.transfer_event(conn, log_index=50))
+        client = redis.Redis.from_url(redis_url)
+        worker = WorkerProcess(db_url=plain_db_url, redis_url=redis_url)
+        try:
+            # 50 deliveries, 10 at a time (the endpoint cap), 0.5 s each: ~2.5 s of history.
+            enqueue_deliveries(client, history, queue_name=REPLAY_QUEUE_NAME)
+            slow.wait_for(1, timeout=30)  # the worker is on the history job now
+            queued_at = time.time()
+            rows.enqueue(client, [live])
+            [seen] = receiver.wait_for(1, timeout=30)
+            assert seen.received_at - queued_at < 1.0, worker.output[-3000:]
+            assert slow.count() < 50  # the history chunk was still being sent
+            slow.wait_for(50, timeout=30)
+        finally:
+            worker.close()
+            client.close()
