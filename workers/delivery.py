@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from core.errors import EndpointRejected, EndpointUnavailable
+from workers.deadlines import Deadlines
 from workers.ssrf import GuardedResolver, TargetForbidden, check_url
 
 BODY_CAP: Final = 4096
@@ -101,14 +102,16 @@ class WebhookClient:
             limit=max_connections, limit_per_host=max_connections_per_host,
             use_dns_cache=False, resolver=GuardedResolver(allow_private=allow_private),
             keepalive_timeout=30)
-        # The attempt's own deadline (asyncio.timeout in post()) bounds each request; no second
-        # aiohttp timer per request (its default total timeout is 300 s, never the tighter one).
+        # The attempt's own deadline (workers.deadlines, in post()) bounds each request; no
+        # second aiohttp timer per request (its default total timeout is 300 s, never the
+        # tighter one).
         # Default and auto headers are set by _WebhookRequest (see there: the same headers,
         # less work per request).
         self._session = aiohttp.ClientSession(
             connector=connector, trust_env=False, auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=None),
             request_class=_WebhookRequest)
+        self._deadlines = Deadlines()
 
     async def close(self) -> None:
         await self._session.close()
@@ -122,18 +125,22 @@ class WebhookClient:
         at most, never the full URL (it may carry credentials)."""
         target = check_url_or_reject(url, allow_private=self._allow_private)
         started = time.perf_counter()
+        # The attempt's own deadline (workers.deadlines: one timer per 50 ms slot, not one per
+        # request) bounds the whole exchange.
+        deadline = self._deadlines.arm(timeout_seconds)
         try:
-            async with asyncio.timeout(timeout_seconds):
-                # A ready payload: aiohttp's payload registry (a chain of isinstance checks,
-                # ABCs among them) is not consulted per request.
-                async with self._session.post(target, data=BytesPayload(body, content_type=JSON),
-                                              headers=headers, allow_redirects=False) as reply:
-                    raw = await reply.content.read(BODY_CAP)
-                    return Response(status=reply.status, elapsed=time.perf_counter() - started,
-                                    excerpt=_excerpt(raw),
-                                    retry_after=reply.headers.get("retry-after"))
-        except TimeoutError:
-            raise EndpointUnavailable(f"timed out after {timeout_seconds:g} s") from None
+            # A ready payload: aiohttp's payload registry (a chain of isinstance checks, ABCs
+            # among them) is not consulted per request.
+            async with self._session.post(target, data=BytesPayload(body, content_type=JSON),
+                                          headers=headers, allow_redirects=False) as reply:
+                raw = await reply.content.read(BODY_CAP)
+                return Response(status=reply.status, elapsed=time.perf_counter() - started,
+                                excerpt=_excerpt(raw),
+                                retry_after=reply.headers.get("retry-after"))
+        except asyncio.CancelledError:
+            if self._deadlines.expired(deadline):
+                raise EndpointUnavailable(f"timed out after {timeout_seconds:g} s") from None
+            raise
         except aiohttp.InvalidURL as error:
             raise EndpointRejected(f"the url cannot be requested: {type(error).__name__}") \
                 from None
@@ -151,6 +158,8 @@ class WebhookClient:
         except OSError as error:
             raise EndpointUnavailable(f"connection error: {type(error).__name__}: "
                                       f"{error.strerror or error}") from None
+        finally:
+            self._deadlines.disarm(deadline)
 
 
 def check_url_or_reject(url: str, *, allow_private: bool) -> URL:
