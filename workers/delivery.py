@@ -31,7 +31,7 @@ USER_AGENT: Final = "blockhook-webhooks/0.1"
 JSON: Final = "application/json"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per delivery: a frozen init costs ~4x (never mutated)
 class Response:
     """What an endpoint answered: status, time to the full (capped) response, a body excerpt
     and the ``Retry-After`` header, verbatim."""
