@@ -10,8 +10,9 @@ An RQ job hands its ids to :meth:`Dispatcher.submit` and returns as soon as they
    the endpoint's waiting list. Rows locked by someone else right now are reported back to the
    caller (:class:`Submitted`) for a recheck.
 2. **Send**: with no transaction open, by at most the endpoint's cap of sender tasks, each
-   sending the endpoint's leased deliveries one after another (in lease order). A delivery whose endpoint's circuit opened while it waited for a slot is
-   released (lease ended, no attempt used) and parked.
+   sending the endpoint's leased deliveries one after another (in lease order). A delivery
+   whose endpoint's circuit opened while it waited for a sender is released (lease ended, no
+   attempt used) and parked.
 3. **Record**: outcomes are written by one recorder task in batches (a transaction per batch,
    guarded by each row's lease, retried on transient errors; :func:`record_outcomes_durably`),
    then the caller's ``after_commit`` schedules retries and enqueues ``removed`` deliveries.
@@ -391,7 +392,12 @@ class Dispatcher:
         try:
             while queue:
                 row, lease, jitter = queue.popleft()
-                await self._send(row, endpoint, lease, jitter)
+                try:
+                    await self._send(row, endpoint, lease, jitter)
+                except Exception:
+                    # A bug in one delivery's bookkeeping (its outcome is already queued for
+                    # the recorder) must not strand the deliveries queued behind it.
+                    log.exception("delivery sender failed; continuing", endpoint=endpoint.key)
         finally:
             self._senders[endpoint.key] -= 1
 
