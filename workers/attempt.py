@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
 
 import asyncpg
 import structlog
@@ -29,7 +31,13 @@ from workers.action import parse_action
 from workers.delivery import WebhookClient
 from workers.payload import build_payload
 from workers.retry import Verdict, classify_status, is_exhausted, parse_retry_after, retry_delay
-from workers.signing import action_secrets, decode_secrets, webhook_headers, webhook_id
+from workers.signing import (
+    action_secrets,
+    decode_secrets,
+    signed_headers,
+    static_headers,
+    webhook_id,
+)
 from workers.store import Outcome
 
 log = structlog.get_logger(__name__)
@@ -42,6 +50,26 @@ class RetryPolicy:
     schedule: Sequence[float]
     max_attempts: int
     default_timeout: float
+
+
+class _EventColumns:
+    """The event's columns of a claimed row, as ``build_payload`` reads them (``id`` is the
+    row's ``event_id``), without copying the whole row into a dict per delivery."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: asyncpg.Record) -> None:
+        self._row = row
+
+    def __getitem__(self, name: str) -> Any:
+        return self._row["event_id" if name == "id" else name]
+
+
+@lru_cache(maxsize=1024)
+def _static_headers(config_json: str) -> dict[str, str]:
+    """The action's headers that are the same on every attempt, by config text (as
+    :func:`parse_action`, which has accepted this text before it is called). Never mutated."""
+    return static_headers(parse_action(config_json).headers)
 
 
 def _host(url: str) -> str:
@@ -116,11 +144,9 @@ async def attempt_delivery(row: asyncpg.Record, *, client: WebhookClient, policy
     try:
         body = build_payload(delivery_id=row["id"], kind=row["kind"], replay=row["replay"],
                              trigger_id=row["trigger_id"], trigger_name=row["trigger_name"],
-                             event_signature=row["event_signature"],
-                             event={**row, "id": row["event_id"]})
-        msg_id = webhook_id(row["id"])
-        headers = webhook_headers(msg_id=msg_id, timestamp=int(time.time()), body=body,
-                                  keys=keys, extra=action.headers)
+                             event_signature=row["event_signature"], event=_EventColumns(row))
+        headers = signed_headers(_static_headers(row["config"]), msg_id=webhook_id(row["id"]),
+                                 timestamp=int(time.time()), body=body, keys=keys)
         response = await client.post(action.url, body=body, headers=headers,
                                      timeout_seconds=action.timeout or policy.default_timeout)
     except EndpointRejected as error:

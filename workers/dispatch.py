@@ -9,9 +9,10 @@ An RQ job hands its ids to :meth:`Dispatcher.submit` and returns as soon as they
    capacity allows (:func:`workers.store.claim_deliveries`), and park the others, unclaimed, in
    the endpoint's waiting list. Rows locked by someone else right now are reported back to the
    caller (:class:`Submitted`) for a recheck.
-2. **Send**: one task per leased delivery, under the endpoint's concurrency cap, with no
-   transaction open. A delivery whose endpoint's circuit opened while it waited for a slot is
-   released (lease ended, no attempt used) and parked.
+2. **Send**: with no transaction open, by at most the endpoint's cap of sender tasks, each
+   sending the endpoint's leased deliveries one after another (in lease order). A delivery
+   whose endpoint's circuit opened while it waited for a sender is released (lease ended, no
+   attempt used) and parked.
 3. **Record**: outcomes are written by one recorder task in batches (a transaction per batch,
    guarded by each row's lease, retried on transient errors; :func:`record_outcomes_durably`),
    then the caller's ``after_commit`` schedules retries and enqueues ``removed`` deliveries.
@@ -27,6 +28,7 @@ worker then exits non-zero).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import random
@@ -94,10 +96,11 @@ def _endpoint_attempts_counter(key: str, status: str) -> Any:
     return counter
 
 
-def _observe(done: _Done, outcome: Outcome) -> None:
-    """Per-endpoint-host counts and the chain → receiver latency of one recorded outcome."""
+def _observe(done: _Done, outcome: Outcome, counts: dict[tuple[str, str], int]) -> None:
+    """The chain → receiver latency of one recorded outcome; its per-endpoint-host count is
+    added to ``counts`` (incremented once per batch: each increment takes a lock)."""
     if outcome.attempted and outcome.status in _ENDPOINT_OUTCOMES:
-        _endpoint_attempts_counter(done.endpoint.key, outcome.status).inc()
+        counts[(done.endpoint.key, outcome.status)] += 1
     if outcome.status == "delivered" and done.live_block_time is not None:
         metrics.EVENT_TO_WEBHOOK.observe(max(0.0, time.time() - done.live_block_time))
 
@@ -139,7 +142,7 @@ class Submitted:
     unclaimed: dict[int, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per delivery: a frozen init costs ~4x (never mutated)
 class _Done:
     """A finished delivery waiting to be recorded (or, with ``outcome=None``, released)."""
 
@@ -181,9 +184,11 @@ class Dispatcher:
         self._on_fatal = on_fatal
         self._record_retry_seconds = record_retry_seconds
         self.endpoints: dict[str, Endpoint] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        # The in-flight gauge of each endpoint, labelled once (set twice per delivery).
-        self._inflight_gauges: dict[str, Any] = {}
+        # Leased deliveries of each endpoint waiting for one of its senders, and how many
+        # senders it has (at most its cap: the concurrency limit). A sender is a task that
+        # sends one delivery after another while there are any: no task per delivery.
+        self._ready: dict[str, collections.deque[tuple[asyncpg.Record, str, float]]] = {}
+        self._senders: dict[str, int] = {}
         self._refilling: set[str] = set()
         # Endpoints a claim in progress refers to: maintenance must not forget them meanwhile.
         self._pinned: dict[str, int] = defaultdict(int)
@@ -244,8 +249,10 @@ class Dispatcher:
                 key=key, cap=self.settings.endpoint_concurrency,
                 failures_to_open=self.settings.circuit_failures,
                 probe_interval=self.settings.probe_interval)
-            self._slots[key] = asyncio.Semaphore(self.settings.endpoint_concurrency)
-            self._inflight_gauges[key] = metrics.ENDPOINT_INFLIGHT.labels(key)
+            self._ready[key] = collections.deque()
+            self._senders[key] = 0
+            # Read when scraped rather than set twice per delivery.
+            metrics.ENDPOINT_INFLIGHT.labels(key).set_function(lambda: endpoint.in_flight)
         return endpoint
 
     async def submit(self, delivery_ids: Sequence[int]) -> Submitted:
@@ -319,11 +326,11 @@ class Dispatcher:
                 endpoint.leased -= 1
                 endpoint.probe_skipped()
         jitter = random.random()
+        ready_for: dict[str, list[tuple[asyncpg.Record, str, float]]] = defaultdict(list)
         for row in rows:
-            endpoint = self.endpoints[keys[row["id"]]]
-            task = asyncio.create_task(self._send(row, endpoint, lease, jitter))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            ready_for[keys[row["id"]]].append((row, lease, jitter))
+        for key, ready in ready_for.items():
+            self._start_sending(self.endpoints[key], ready)
         for key, ids in parked.items():
             dropped = self.endpoints[key].wait(ids, limit=WAITING_LIMIT)
             if dropped:
@@ -365,23 +372,47 @@ class Dispatcher:
 
     # -- sending ---------------------------------------------------------------------------
 
+    def _start_sending(self, endpoint: Endpoint,
+                       ready: list[tuple[asyncpg.Record, str, float]]) -> None:
+        """Queue leased deliveries for ``endpoint``'s senders, starting senders up to its cap
+        (the endpoint's concurrency limit: one request in flight per sender)."""
+        key = endpoint.key
+        queue = self._ready[key]
+        queue.extend(ready)
+        while self._senders[key] < endpoint.cap and queue:
+            self._senders[key] += 1
+            task = asyncio.create_task(self._sender(endpoint, queue))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _sender(self, endpoint: Endpoint,
+                      queue: collections.deque[tuple[asyncpg.Record, str, float]]) -> None:
+        """Send ``endpoint``'s leased deliveries one after another, in lease order, until none
+        waits (FIFO across its senders, as the semaphore this replaces was)."""
+        try:
+            while queue:
+                row, lease, jitter = queue.popleft()
+                try:
+                    await self._send(row, endpoint, lease, jitter)
+                except Exception:
+                    # A bug in one delivery's bookkeeping (its outcome is already queued for
+                    # the recorder) must not strand the deliveries queued behind it.
+                    log.exception("delivery sender failed; continuing", endpoint=endpoint.key)
+        finally:
+            self._senders[endpoint.key] -= 1
+
     async def _send(self, row: asyncpg.Record, endpoint: Endpoint, lease: str,
                     jitter: float) -> None:
         outcome: Outcome | None = None
         try:
-            async with self._slots[endpoint.key]:
-                if not endpoint.may_send():
-                    return  # released below: the circuit opened while this one waited
-                gauge = self._inflight_gauges[endpoint.key]
-                endpoint.in_flight += 1
-                gauge.set(endpoint.in_flight)
-                try:
-                    outcome = await attempt_or_requeue(row, client=self.client,
-                                                       policy=self.policy, jitter=jitter,
-                                                       keyring=self.keyring)
-                finally:
-                    endpoint.in_flight -= 1
-                    gauge.set(endpoint.in_flight)
+            if not endpoint.may_send():
+                return  # released below: the circuit opened while this one waited
+            endpoint.in_flight += 1
+            try:
+                outcome = await attempt_or_requeue(row, client=self.client, policy=self.policy,
+                                                   jitter=jitter, keyring=self.keyring)
+            finally:
+                endpoint.in_flight -= 1
             self._count(endpoint, outcome)
         finally:
             # Its endpoint place is free once the request is over (recording is separate: the
@@ -455,13 +486,16 @@ class Dispatcher:
                 done.endpoint.wait([done.delivery_id], limit=WAITING_LIMIT)
         by_id = {o.delivery_id: o for o in report.outcomes}
         done_by_id = {done.delivery_id: done for done in sent}
+        counts: dict[tuple[str, str], int] = defaultdict(int)
         for row in recorded:
-            _observe(done_by_id[row.delivery_id], by_id[row.delivery_id])
+            _observe(done_by_id[row.delivery_id], by_id[row.delivery_id], counts)
             outcome = by_id[row.delivery_id]
             if outcome.status == "delivered" and row.latency_ms is not None:
                 metrics.DELIVERY_LATENCY.observe(row.latency_ms / 1000)
             elif outcome.delay is not None:
                 report.retries[row.delivery_id] = row.next_attempt_epoch
+        for (key, status), count in counts.items():
+            _endpoint_attempts_counter(key, status).inc(count)
         return report
 
     async def _run_after_commit(self, report: BatchReport) -> None:
@@ -496,8 +530,8 @@ class Dispatcher:
     def _forget(self, key: str) -> None:
         """Drop an idle endpoint's state (bounded memory and label sets)."""
         del self.endpoints[key]
-        del self._slots[key]
-        del self._inflight_gauges[key]
+        del self._ready[key]
+        del self._senders[key]
         for gauge in (metrics.ENDPOINT_INFLIGHT, metrics.ENDPOINT_CIRCUIT_OPEN,
                       metrics.ENDPOINT_WAITING):
             try:

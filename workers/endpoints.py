@@ -21,12 +21,14 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from yarl import URL
 
 HOST_BACKLOG_FACTOR = 2
 
 
+@lru_cache(maxsize=4096)  # a few actions' URLs, each parsed once rather than per claimed row
 def endpoint_key(url: str | None) -> str:
     """``host:port`` of a webhook URL; ``"?"`` when it cannot be parsed (such a delivery fails
     on its own; it shares a key with nobody healthy)."""

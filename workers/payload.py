@@ -8,10 +8,9 @@ the rows, so every retry sends the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -19,6 +18,12 @@ from core.abi import DecodeError, decode_log, parse_event_signature, to_json_arg
 from core.errors import InvalidTrigger, PermanentError
 
 EVENT_TYPES = {"matched": "event.matched", "removed": "event.removed"}
+
+
+class EventColumns(Protocol):
+    """The ``events`` row's columns by name (a mapping, or a view of a claimed row)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
 
 
 class PayloadError(PermanentError):
@@ -31,7 +36,7 @@ def _iso_utc(moment: datetime) -> str:
 
 
 def build_payload(*, delivery_id: int, kind: str, replay: bool, trigger_id: int,
-                  trigger_name: str, event_signature: str, event: Mapping[str, Any]) -> bytes:
+                  trigger_name: str, event_signature: str, event: EventColumns) -> bytes:
     """The JSON body of a delivery. ``event`` holds the ``events`` row's columns.
     Raises ``PayloadError`` when the signature no longer parses or the log does not decode."""
     try:

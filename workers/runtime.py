@@ -23,6 +23,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -46,7 +47,7 @@ from core.settings import WorkerSettings, load_settings
 from workers import metrics
 from workers.attempt import RetryPolicy
 from workers.delivery import WebhookClient
-from workers.dispatch import BatchReport, Dispatcher, DispatchSettings, Leases, Submitted
+from workers.dispatch import BatchReport, Dispatcher, DispatchSettings, Leases
 from workers.endpoints import Endpoint
 
 log = structlog.get_logger(__name__)
@@ -157,40 +158,52 @@ class Runtime:
     def deliver(self, delivery_ids: Sequence[int], *, lock_retries: int = 0) -> dict[str, int]:
         """Hand ``delivery_ids`` to the dispatcher in chunks of ``WORKER_BATCH_SIZE``; rows
         locked by another transaction right now are tried again in-process, then rechecked by
-        a scheduled job. Returns how many were claimed and parked."""
-        totals: dict[str, int] = defaultdict(int)
-        size = self.settings.worker_batch_size
-        for start in range(0, len(delivery_ids), size):
-            chunk = list(delivery_ids[start:start + size])
-            unclaimed: dict[int, float] = {}
-            for pause in (*QUICK_RECLAIM_PAUSES, None):
-                submitted = self._submit(chunk)
-                totals["claimed"] += submitted.claimed
-                totals["parked"] += submitted.parked
-                unclaimed.update(submitted.unclaimed)
-                now = time.time()
-                locked_now = [i for i, due in submitted.unclaimed.items() if due <= now]
-                if pause is None or not locked_now:
-                    break
-                # Most likely the processor's short "mark queued" transaction: try again soon
-                # in-process rather than a whole RQ scheduler tick (≥ 1 s) later.
-                for delivery_id in locked_now:
-                    unclaimed.pop(delivery_id, None)
-                chunk = locked_now
-                time.sleep(pause)
-            if unclaimed:
-                self._after_commit(BatchReport(unclaimed=unclaimed), lock_retries=lock_retries)
-        return dict(totals)
+        a scheduled job. Returns how many were claimed and parked.
 
-    def _submit(self, chunk: list[int]) -> Submitted:
-        """``Dispatcher.submit``; an SQL or schema error also stops the worker (``on_fatal``):
-        retrying the job could not help. Any error fails the job (rows stay open)."""
-        try:
-            return self._run(self.dispatcher.submit(chunk))
-        except asyncpg.PostgresError as error:
-            if not db.is_transient(error) and self.on_fatal is not None:
+        The whole job goes to the event loop in one hop (the chunks and the quick retries run
+        there): each hop wakes this thread through a lock and costs more than a claim."""
+        handed = self._run(self._hand_over(list(delivery_ids)))
+        for unclaimed in handed.unclaimed:
+            self._after_commit(BatchReport(unclaimed=unclaimed), lock_retries=lock_retries)
+        if handed.error is not None:
+            error = handed.error
+            # An SQL or schema error also stops the worker (``on_fatal``): retrying the job
+            # could not help. Any error fails the job (rows stay open).
+            if (isinstance(error, asyncpg.PostgresError) and not db.is_transient(error)
+                    and self.on_fatal is not None):
                 self.on_fatal(str(db.DatabaseBroken.from_error(error)))
-            raise
+            raise error
+        return dict(handed.totals)
+
+    async def _hand_over(self, delivery_ids: list[int]) -> _HandedOver:
+        """:meth:`deliver`'s work on the event loop. A database error ends it; what the chunks
+        before did is returned with the error (their rechecks are still scheduled)."""
+        handed = _HandedOver()
+        size = self.settings.worker_batch_size
+        try:
+            for start in range(0, len(delivery_ids), size):
+                chunk = delivery_ids[start:start + size]
+                unclaimed: dict[int, float] = {}
+                for pause in (*QUICK_RECLAIM_PAUSES, None):
+                    submitted = await self.dispatcher.submit(chunk)
+                    handed.totals["claimed"] += submitted.claimed
+                    handed.totals["parked"] += submitted.parked
+                    unclaimed.update(submitted.unclaimed)
+                    now = time.time()
+                    locked_now = [i for i, due in submitted.unclaimed.items() if due <= now]
+                    if pause is None or not locked_now:
+                        break
+                    # Most likely the processor's short "mark queued" transaction: try again
+                    # soon in-process rather than a whole RQ scheduler tick (≥ 1 s) later.
+                    for delivery_id in locked_now:
+                        unclaimed.pop(delivery_id, None)
+                    chunk = locked_now
+                    await asyncio.sleep(pause)
+                if unclaimed:
+                    handed.unclaimed.append(unclaimed)
+        except Exception as error:
+            handed.error = error
+        return handed
 
     def _after_commit(self, report: BatchReport, *, lock_retries: int) -> None:
         """Redis side effects of committed outcomes (retries, ``removed`` deliveries) or of a
@@ -250,6 +263,16 @@ class Runtime:
                 if not e.is_open:
                     pipe.hdel(ENDPOINT_STATE_KEY, key)
             pipe.execute()
+
+
+@dataclass
+class _HandedOver:
+    """What :meth:`Runtime._hand_over` did with a job's ids."""
+
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # per chunk: delivery id → unix time due, for rows it could not claim (rechecked later)
+    unclaimed: list[dict[int, float]] = field(default_factory=list)
+    error: Exception | None = None
 
 
 class LeaseHolder:

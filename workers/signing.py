@@ -67,7 +67,8 @@ def decode_secrets(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
 @lru_cache(maxsize=4096)
 def _keyed(key: bytes) -> hmac.HMAC:
     """An HMAC-SHA256 keyed with ``key`` and fed nothing: copied per signature, so the key
-    schedule is computed once per secret."""
+    schedule is computed once per secret (cheaper than ``hmac.digest``, which keys OpenSSL's
+    HMAC again on every call)."""
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
@@ -76,6 +77,29 @@ def sign(key: bytes, *, msg_id: str, timestamp: int, body: bytes) -> str:
     mac = _keyed(key).copy()
     mac.update(b"%s.%d.%s" % (msg_id.encode(), timestamp, body))
     return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def static_headers(extra: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an action that are the same on every attempt: ``extra`` (its
+    ``headers``) without the reserved ones, whatever their case, and the content type.
+    Computed once per action by callers on the hot path (:func:`signed_headers`)."""
+    headers = {name: value for name, value in extra.items()
+               if name.lower() not in RESERVED_HEADERS}
+    headers["content-type"] = "application/json"
+    return headers
+
+
+def signed_headers(static: Mapping[str, str], *, msg_id: str, timestamp: int, body: bytes,
+                   keys: Sequence[bytes]) -> dict[str, str]:
+    """``static`` (:func:`static_headers`) plus this attempt's ``webhook-*`` headers, signed
+    with each of ``keys`` (none: unsigned)."""
+    headers = dict(static)
+    headers["webhook-id"] = msg_id
+    headers["webhook-timestamp"] = str(timestamp)
+    if keys:
+        headers["webhook-signature"] = " ".join(
+            [sign(key, msg_id=msg_id, timestamp=timestamp, body=body) for key in keys])
+    return headers
 
 
 @lru_cache(maxsize=4096)
@@ -94,12 +118,5 @@ def webhook_headers(*, msg_id: str, timestamp: int, body: bytes, keys: Sequence[
     """All request headers of one attempt, signed with each of ``keys`` (none: unsigned).
     ``extra`` (the action's ``headers``) is added first and can never replace a reserved
     header, whatever its case."""
-    headers = {name: value for name, value in extra.items()
-               if name.lower() not in RESERVED_HEADERS}
-    headers["content-type"] = "application/json"
-    headers["webhook-id"] = msg_id
-    headers["webhook-timestamp"] = str(timestamp)
-    if keys:
-        headers["webhook-signature"] = " ".join(
-            sign(key, msg_id=msg_id, timestamp=timestamp, body=body) for key in keys)
-    return headers
+    return signed_headers(static_headers(extra), msg_id=msg_id, timestamp=timestamp, body=body,
+                          keys=keys)

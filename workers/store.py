@@ -158,7 +158,7 @@ class Outcome:
     endpoint_ok: bool | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per delivery: a frozen init costs ~4x (never mutated)
 class Recorded:
     delivery_id: int
     latency_ms: float | None

@@ -18,13 +18,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
-
-from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
-from eth_abi.grammar import ABIType, BasicType, TupleType, parse
+from typing import TYPE_CHECKING, Any
 
 from core.abi.signature import EventSignature, arg_name
+
+if TYPE_CHECKING:
+    from eth_abi.grammar import ABIType
+
+# eth_abi is imported only by the general decoder: the word-slicing path covers the static
+# elementary signatures that make most traffic, and a worker or processor that sees only those
+# never pays eth_abi's import (~0.2 s of start-up).
 
 
 class DecodeError(ValueError):
@@ -96,6 +99,8 @@ def _word_decoder(type_str: str) -> WordDecoder | None:
 
 def _lower_addresses(abi_type: ABIType, value: Any) -> Any:
     """eth_abi returns checksummed addresses; the decoded form uses lowercase everywhere."""
+    from eth_abi.grammar import BasicType, TupleType
+
     if abi_type.is_array:
         item_type = abi_type.item_type
         return tuple(_lower_addresses(item_type, item) for item in value)
@@ -110,6 +115,8 @@ def _lower_addresses(abi_type: ABIType, value: Any) -> Any:
 def _address_normaliser(type_str: str) -> Callable[[Any], Any]:
     if "address" not in type_str:
         return lambda value: value
+    from eth_abi.grammar import parse
+
     abi_type = parse(type_str)
     return lambda value: _lower_addresses(abi_type, value)
 
@@ -216,6 +223,9 @@ def field_reader(signature: EventSignature, name: str) -> FieldReader | None:
 
 def _general_decoder(signature: EventSignature) -> LogDecoder:
     """eth_abi for everything the fast path does not cover."""
+    from eth_abi import decode as abi_decode
+    from eth_abi.exceptions import DecodingError
+
     inputs = signature.inputs
     indexed = [(position, param, param.hashed_in_topic, _address_normaliser(param.type))
                for position, param in enumerate(inputs) if param.indexed]

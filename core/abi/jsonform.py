@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from eth_abi.grammar import parse
-
-from core.abi.signature import EventSignature, Param, arg_name
+from core.abi.signature import EventSignature, Param, arg_name, type_shape
 
 
 def _json_value(type_str: str, components: tuple[Param, ...], value: Any) -> Any:
     if isinstance(value, bytes):
         return "0x" + value.hex()
-    parsed = parse(type_str)
-    if parsed.is_array:
+    if type_shape(type_str)[1]:
         item_type = type_str[: type_str.rfind("[")]
         return [_json_value(item_type, components, item) for item in value]
     if components:

@@ -12,15 +12,40 @@ import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-from eth_abi.exceptions import ParseError
-from eth_abi.grammar import BasicType, TupleType, parse
-from eth_utils import keccak
-
 from core.errors import InvalidTrigger
 
 _NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _ARRAY_SUFFIX = re.compile(r"^(\[\d*\])*$")
 _ELEMENTARY = re.compile(r"^(u?int\d*|address|bool|bytes\d*|string|u?fixed\d+x\d+|function)$")
+_SIZED = re.compile(r"^(u?int|bytes)(\d+)$")
+
+
+def is_plain_elementary(type_str: str) -> bool:
+    """Whether ``type_str`` is a canonical elementary type eth_abi accepts, known without
+    asking it: ``address``, ``bool``, ``string``, ``bytes``, ``uintN``/``intN`` (N a multiple
+    of 8 up to 256), ``bytesN`` (N up to 32). These need no eth_abi (imported only for other
+    types: it costs ~0.2 s of start-up); anything else — arrays, tuples, ``fixed``,
+    ``function``, invalid sizes — goes to eth_abi as before."""
+    if type_str in ("address", "bool", "string", "bytes"):
+        return True
+    match = _SIZED.match(type_str)
+    if match is None or match.group(2).startswith("0"):
+        return False
+    size = int(match.group(2))
+    if match.group(1) == "bytes":
+        return 1 <= size <= 32
+    return size % 8 == 0 and 8 <= size <= 256
+
+
+@lru_cache(maxsize=4096)
+def type_shape(type_str: str) -> tuple[bool, bool]:
+    """``(is_dynamic, is_array)`` of a canonical ABI type, as eth_abi's grammar says."""
+    if is_plain_elementary(type_str):
+        return type_str in ("string", "bytes"), False
+    from eth_abi.grammar import parse
+
+    parsed = parse(type_str)
+    return bool(parsed.is_dynamic), bool(parsed.is_array)
 
 
 @dataclass(frozen=True)
@@ -35,14 +60,16 @@ class Param:
 
     @property
     def is_dynamic(self) -> bool:
-        return bool(parse(self.type).is_dynamic)
+        return type_shape(self.type)[0]
 
     @property
     def hashed_in_topic(self) -> bool:
         """An indexed parameter of dynamic type (``string``, ``bytes``), array or tuple is stored
         as the keccak hash of its encoding: its topic is 32 opaque bytes, not the value."""
-        parsed = parse(self.type)
-        return self.indexed and bool(parsed.is_dynamic or parsed.is_array or self.components)
+        if not self.indexed:
+            return False
+        is_dynamic, is_array = type_shape(self.type)
+        return is_dynamic or is_array or bool(self.components)
 
 
 def arg_name(param: Param, position: int) -> str:
@@ -62,6 +89,8 @@ class EventSignature:
 
     @cached_property
     def topic0(self) -> str:
+        from eth_utils import keccak  # only where topic0 is needed (not for payloads)
+
         return "0x" + keccak(text=self.canonical).hex()
 
     @cached_property
@@ -136,6 +165,11 @@ def _parse_type(text: str, *, position: str) -> tuple[str, tuple[Param, ...]]:
     if not _ELEMENTARY.match(base):
         raise InvalidTrigger(f"{position}: unknown type {match.group(1)!r}")
     canonical = base + suffix
+    if is_plain_elementary(canonical):
+        return canonical, ()
+    from eth_abi.exceptions import ParseError
+    from eth_abi.grammar import BasicType, TupleType, parse
+
     try:
         parsed = parse(canonical)
         parsed.validate()

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from eth_abi.grammar import parse
-
 from core.abi.signature import Param
 
 Kind = Literal["int", "decimal", "address", "hex", "bytes", "bool", "string", "array", "tuple"]
@@ -40,6 +38,8 @@ def field_type(type_str: str, components: tuple[Param, ...] = (), *,
     """The ``FieldType`` of an ABI type; ``hashed`` for indexed dynamic parameters (a topic)."""
     if hashed:
         return FieldType("bytes", "bytes32", byte_size=32)
+    from eth_abi.grammar import parse  # cached by eth_abi; imported where conditions need it
+
     parsed = parse(type_str)
     if parsed.is_array:
         size = parsed.arrlist[-1]
