@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from core.errors import InvalidTrigger
+from core.keccak import keccak
 
 _NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _ARRAY_SUFFIX = re.compile(r"^(\[\d*\])*$")
@@ -89,9 +90,7 @@ class EventSignature:
 
     @cached_property
     def topic0(self) -> str:
-        from eth_utils import keccak  # only where topic0 is needed (not for payloads)
-
-        return "0x" + keccak(text=self.canonical).hex()
+        return "0x" + keccak(self.canonical.encode()).hex()
 
     @cached_property
     def params_by_name(self) -> dict[str, Param]:

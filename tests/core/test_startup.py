@@ -1,6 +1,7 @@
-"""Service start-up imports: rich (``core/__init__.py``) and SQLAlchemy (``retention.inventory``
-imports the schema where it lists tables) stay out of every service process, and console logs
-still carry whole tracebacks."""
+"""Service start-up imports: rich (``core/__init__.py``), SQLAlchemy (``retention.inventory``
+imports the schema where it lists tables) and eth-abi/eth-utils (``core.abi`` decodes and parses
+plain types itself, ``core.keccak`` hashes signatures) stay out of every service process, and
+console logs still carry whole tracebacks."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("service", ["ingest", "processor", "workers"])
-def test_no_service_imports_rich_or_sqlalchemy_at_start_up(service: str) -> None:
+def test_no_service_imports_what_its_start_does_not_use(service: str) -> None:
     result = _python(f"import sys, {service}.__main__; print(sorted({{m.split('.')[0] for m in "
-                     "sys.modules} & {'rich', 'sqlalchemy'}))")
+                     "sys.modules} & {'rich', 'sqlalchemy', 'eth_abi', 'eth_utils'}))")
     assert result.stdout.strip() == "[]"
 
 
