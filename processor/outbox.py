@@ -63,10 +63,14 @@ ON CONFLICT (action_id, event_id) DO NOTHING
 
 # One simple-protocol message, so one round trip: the statements form one implicit transaction,
 # in which SET LOCAL applies. The ids are integers formatted by us (no user text).
+# Rows a worker holds right now (it took the job before this mark and is writing its outcome)
+# are skipped, not waited for: the mark is only a hint for the sweep, and waiting made a
+# deadlock with the worker's multi-row outcome write, which locks rows in another order.
 _MARK_QUEUED = """
 SET LOCAL synchronous_commit = off;
 UPDATE deliveries SET status = 'queued', queued_at = now()
-WHERE id = ANY('{{{ids}}}'::bigint[]) AND status = 'pending'
+WHERE id IN (SELECT id FROM deliveries WHERE id = ANY('{{{ids}}}'::bigint[]) AND status = 'pending'
+             FOR UPDATE SKIP LOCKED)
 """
 
 # Claimed with SKIP LOCKED so two processors never sweep the same rows; a worker's live lease
