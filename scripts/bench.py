@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,19 +69,31 @@ def machine() -> dict[str, Any]:
 
 
 def run_subcommand(name: str, backend: str, *, lines_to: Any) -> dict[str, Any]:
-    """Run one benchmark module; print its figure lines to ``lines_to``; return its record."""
+    """Run one benchmark module; print its figure lines to ``lines_to``; return its record.
+
+    A subcommand that raises is recorded with its ``error`` (traceback on ``lines_to``) and no
+    figures, so that ``all`` goes on and the figures of the others are not lost."""
     module = importlib.import_module(f"scripts.benchmarks.{name}")
     load_before, started = _load(), time.monotonic()
-    # Benchmarks print progress and skips; with --json stdout must carry the JSON alone.
-    with contextlib.redirect_stdout(lines_to):
-        figures: list[Figure] = module.run(backend=backend)
+    figures: list[Figure] = []
+    error = None
+    try:
+        # Benchmarks print progress and skips; with --json stdout must carry the JSON alone.
+        with contextlib.redirect_stdout(lines_to):
+            figures = module.run(backend=backend)
+    except Exception as raised:
+        traceback.print_exc(file=lines_to)
+        error = f"{type(raised).__name__}: {raised}"
     seconds, load_after = time.monotonic() - started, _load()
     for figure in figures:
         print(figure.line(), file=lines_to, flush=True)
     print(f"[{name}: {seconds:.0f} s; load average (1/5/15 min) before {load_before}, "
-          f"after {load_after}]", file=lines_to, flush=True)
-    return {"seconds": round(seconds, 1), "load_before": load_before, "load_after": load_after,
-            "figures": [figure.as_dict() for figure in figures]}
+          f"after {load_after}{'; FAILED: ' + error if error else ''}]", file=lines_to, flush=True)
+    record = {"seconds": round(seconds, 1), "load_before": load_before, "load_after": load_after,
+              "figures": [figure.as_dict() for figure in figures]}
+    if error is not None:
+        record["error"] = error
+    return record
 
 
 def main() -> None:
@@ -109,6 +122,9 @@ def main() -> None:
         document = {"taken_at": taken_at, "backend": args.backend, "machine": described,
                     "results": results}
         print(json.dumps(document, indent=2, allow_nan=True))
+    failed = [name for name, record in results.items() if "error" in record]
+    if failed:
+        raise SystemExit(f"bench.py: failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

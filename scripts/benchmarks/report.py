@@ -87,6 +87,9 @@ def markdown_table(document: dict[str, object]) -> str:
     results = document.get("results", {})
     assert isinstance(results, dict)
     for name, record in results.items():
+        if "error" in record:
+            lines.append(f"| {name} | (the subcommand failed: {record['error'][:200]}) | — | — | — "
+                         "| — | **ERROR** | — |")
         for figure in record["figures"]:
             op = ">=" if figure["higher_is_better"] else "<="
             unit = figure["unit"]

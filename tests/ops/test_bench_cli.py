@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench import SUBCOMMANDS, machine
+from scripts.bench import SUBCOMMANDS, machine, run_subcommand
 from scripts.benchmarks.report import Figure, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +93,28 @@ def test_result_file_renders_as_a_markdown_table(tmp_path: Path) -> None:
     assert "latency: 312 s, load 2.5 → 3.2" in table
     result = _bench("--table", str(path))
     assert result.returncode == 0 and result.stdout == table
+
+
+def test_a_subcommand_that_raises_is_recorded_and_the_others_keep_their_figures(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``all`` goes on past a subcommand that raises: its record carries the error (and no
+    figures), the table shows it, and the figures of the others stay in the result."""
+    class Broken:
+        @staticmethod
+        def run(backend: str) -> list[Figure]:
+            raise RuntimeError("deadlock detected")
+
+    class Fine:
+        @staticmethod
+        def run(backend: str) -> list[Figure]:
+            return [Figure("fine figure", 1.0, "s")]
+
+    monkeypatch.setitem(sys.modules, "scripts.benchmarks.broken_bench", Broken)
+    monkeypatch.setitem(sys.modules, "scripts.benchmarks.fine_bench", Fine)
+    broken = run_subcommand("broken_bench", "plain", lines_to=sys.stderr)
+    fine = run_subcommand("fine_bench", "plain", lines_to=sys.stderr)
+    assert broken["error"] == "RuntimeError: deadlock detected" and broken["figures"] == []
+    assert "Traceback" in capsys.readouterr().err
+    table = markdown_table({"results": {"broken_bench": broken, "fine_bench": fine}})
+    assert "| broken_bench | (the subcommand failed: RuntimeError: deadlock detected) |" in table
+    assert "| fine_bench | fine figure |" in table
