@@ -66,10 +66,10 @@ def _add_trigger(db_url: str, name: str, address: str, *, signature: str = TRANS
     return int(row[0])
 
 
-def _snapshot(db_url: str) -> dict[str, list[Any]]:
+def _snapshot(db_url: str, tables: tuple[str, ...] = SNAPSHOT_TABLES) -> dict[str, list[Any]]:
     with psycopg.connect(db_url) as conn:
         return {table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-                for table in SNAPSHOT_TABLES}
+                for table in tables}
 
 
 def _backtest(db_url: str, rpc_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

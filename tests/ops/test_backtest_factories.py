@@ -19,7 +19,7 @@ import scripts.backtest as backtest_command
 from core.db import connect
 from core.factories import factory_of, register_factories
 from tests.ingest.conftest import ingest_settings, running_indexer, wait_for_checkpoint
-from tests.ops.test_backtest import SNAPSHOT_TABLES, _backtest, _report
+from tests.ops.test_backtest import SNAPSHOT_TABLES, _backtest, _report, _snapshot
 from tests.support.anvil import Anvil
 from tests.support.uniswap import ETH, PAIR_CREATED, SWAP, UniswapV2
 
@@ -42,12 +42,6 @@ def _add_factory_trigger(db_url: str, factory: str, *, name: str = "large-swaps"
              Jsonb({"url": "https://example.com/hook"}))).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def _snapshot(db_url: str) -> dict[str, list[Any]]:
-    with psycopg.connect(db_url) as conn:
-        return {table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-                for table in TABLES}
 
 
 class Family:
@@ -104,7 +98,7 @@ async def test_a_factory_trigger_from_the_node_counts_its_children_only(
     """Nothing stored: the factory's creation logs, then the pairs' swaps, from the node."""
     db_url = plain_db_url
     _add_factory_trigger(db_url, family.uni.factory.address)
-    before = _snapshot(db_url)
+    before = _snapshot(db_url, TABLES)
     report = _report(db_url, anvil.url, *_args(family), MAX_BLOCK_RANGE="3")
     family.check(report)
     assert [s["source"] for s in report["sources"]] == ["node"]
@@ -112,7 +106,7 @@ async def test_a_factory_trigger_from_the_node_counts_its_children_only(
     table = _backtest(db_url, anvil.url, *_args(family))
     assert table.returncode == 0, table.stderr
     assert "children of factory" in table.stdout
-    assert _snapshot(db_url) == before, "a backtest writes nothing, no factory either"
+    assert _snapshot(db_url, TABLES) == before, "a backtest writes nothing, no factory either"
 
 
 async def _in_process(family: Family, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -130,13 +124,13 @@ async def test_a_factory_trigger_over_stored_history_registered_or_not(
     async with running_indexer(ingest_settings(db_url, anvil.url)):
         await wait_for_checkpoint(db_url, anvil)
     _add_factory_trigger(db_url, family.uni.factory.address)
-    before = _snapshot(db_url)
+    before = _snapshot(db_url, TABLES)
     # Not registered (a disabled trigger's factory): children from the stored creation logs.
     report = _report(db_url, anvil.url, *_args(family))
     family.check(report)
     assert [s["source"] for s in report["sources"]] == ["stored"]
     assert report["children"]["sources"][-1]["source"] == "stored"
-    assert _snapshot(db_url) == before
+    assert _snapshot(db_url, TABLES) == before
 
     # Registered (the trigger was enabled once): children from factory_children.
     conn = await connect(db_url)
