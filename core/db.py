@@ -79,11 +79,22 @@ async def connect(database_url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release hook of our pools: nothing beyond asyncpg's own rollback of an open transaction.
+
+    asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
+    ALL`` on every release: one more round trip per use of a pooled connection, for session
+    state our pooled connections never hold. Session-level state belongs on a connection of its
+    own (``connect``): the listener's LISTEN, the indexer's and the workers' advisory locks.
+    Pooled work keeps to transaction-scoped ``SET LOCAL`` and transaction-scoped locks."""
+
+
 async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 4,
                       **kwargs: Any) -> asyncpg.Pool:
     """A pool with JSON codecs and ``SESSION_SETTINGS``; raises ``ConfigError`` with one line
-    when unreachable."""
+    when unreachable. Releasing a connection costs no round trip (:func:`_keep_session`)."""
     settings = _server_settings(kwargs)
+    kwargs.setdefault("reset", _keep_session)
     try:
         pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=min_size,
                                          max_size=max_size, init=_init_connection,

@@ -154,6 +154,28 @@ class _Done:
     # Block timestamp (unix seconds) of a live event.matched delivery: the chain → receiver
     # latency is observed once its delivery is recorded.
     live_block_time: float | None = None
+    history: bool = False  # a refire's (``replay``): parked behind live ones if released
+
+
+class _Ready:
+    """An endpoint's leased deliveries waiting for one of its senders, in two FIFO lanes: live
+    ones are sent before a refire's history (``replay``) already queued."""
+
+    __slots__ = ("live", "history")
+
+    def __init__(self) -> None:
+        self.live: collections.deque[tuple[asyncpg.Record, str, float]] = collections.deque()
+        self.history: collections.deque[tuple[asyncpg.Record, str, float]] = collections.deque()
+
+    def extend(self, ready: list[tuple[asyncpg.Record, str, float]]) -> None:
+        for item in ready:
+            (self.history if item[0]["replay"] else self.live).append(item)
+
+    def popleft(self) -> tuple[asyncpg.Record, str, float]:
+        return self.live.popleft() if self.live else self.history.popleft()
+
+    def __bool__(self) -> bool:
+        return bool(self.live or self.history)
 
 
 @dataclass(frozen=True)
@@ -187,7 +209,7 @@ class Dispatcher:
         # Leased deliveries of each endpoint waiting for one of its senders, and how many
         # senders it has (at most its cap: the concurrency limit). A sender is a task that
         # sends one delivery after another while there are any: no task per delivery.
-        self._ready: dict[str, collections.deque[tuple[asyncpg.Record, str, float]]] = {}
+        self._ready: dict[str, _Ready] = {}
         self._senders: dict[str, int] = {}
         self._refilling: set[str] = set()
         # Endpoints a claim in progress refers to: maintenance must not forget them meanwhile.
@@ -237,7 +259,7 @@ class Dispatcher:
     def _idle(self) -> bool:
         if self._done or self._recording:
             return False
-        return all(e.leased == 0 and (not e.waiting or e.is_open)
+        return all(e.leased == 0 and (not e.parked or e.is_open)
                    for e in self.endpoints.values())
 
     # -- claiming --------------------------------------------------------------------------
@@ -249,7 +271,7 @@ class Dispatcher:
                 key=key, cap=self.settings.endpoint_concurrency,
                 failures_to_open=self.settings.circuit_failures,
                 probe_interval=self.settings.probe_interval)
-            self._ready[key] = collections.deque()
+            self._ready[key] = _Ready()
             self._senders[key] = 0
             # Read when scraped rather than set twice per delivery.
             metrics.ENDPOINT_INFLIGHT.labels(key).set_function(lambda: endpoint.in_flight)
@@ -288,8 +310,9 @@ class Dispatcher:
                 candidates = await claim_candidates(conn, delivery_ids)
                 picked: list[int] = []
                 picked_for: dict[str, int] = defaultdict(int)
-                parked: dict[str, list[int]] = defaultdict(list)
-                for delivery_id, url in candidates:
+                # (endpoint, history) → ids parked: live ones and a refire's apart
+                parked: dict[tuple[str, bool], list[int]] = defaultdict(list)
+                for delivery_id, url, history in candidates:
                     endpoint = self._endpoint(endpoint_key(url))
                     if endpoint.key not in pinned:
                         pinned.add(endpoint.key)
@@ -298,7 +321,7 @@ class Dispatcher:
                         picked.append(delivery_id)
                         picked_for[endpoint.key] += 1
                     else:
-                        parked[endpoint.key].append(delivery_id)
+                        parked[(endpoint.key, history)].append(delivery_id)
                 # Counted before the statement: a concurrent claim (another job, a refill)
                 # sees the capacity taken, so a circuit gets one probe, not one per claim.
                 for key, count in picked_for.items():
@@ -318,7 +341,7 @@ class Dispatcher:
                 self.endpoints[key].leased -= count
                 self.endpoints[key].probe_skipped()
             raise
-        keys = {delivery_id: endpoint_key(url) for delivery_id, url in candidates}
+        keys = {delivery_id: endpoint_key(url) for delivery_id, url, _ in candidates}
         claimed_ids = {row["id"] for row in rows}
         for delivery_id in picked:  # locked by someone else, or leased meanwhile
             if delivery_id not in claimed_ids:
@@ -331,8 +354,8 @@ class Dispatcher:
             ready_for[keys[row["id"]]].append((row, lease, jitter))
         for key, ready in ready_for.items():
             self._start_sending(self.endpoints[key], ready)
-        for key, ids in parked.items():
-            dropped = self.endpoints[key].wait(ids, limit=WAITING_LIMIT)
+        for (key, history), ids in parked.items():
+            dropped = self.endpoints[key].wait(ids, limit=WAITING_LIMIT, history=history)
             if dropped:
                 log.warning("too many deliveries parked for one endpoint; the sweep brings "
                             "them back", endpoint=key, dropped=dropped)
@@ -343,14 +366,15 @@ class Dispatcher:
     def _refill(self, endpoint: Endpoint) -> None:
         """Claim parked deliveries of ``endpoint`` as far as its capacity allows (one refill at
         a time per endpoint; it calls itself again when done)."""
-        if self._closing or endpoint.key in self._refilling or not endpoint.waiting:
+        if self._closing or endpoint.key in self._refilling or not endpoint.parked:
             return
         room = endpoint.capacity(time.monotonic())
         if room <= 0:
             return
-        if endpoint.leased and room < min(endpoint.cap, len(endpoint.waiting)):
+        if endpoint.leased and room < min(endpoint.cap, endpoint.parked):
             return  # claim in chunks of about the cap: fewer, larger claims
-        ids = endpoint.take_waiting(room)
+        live, history = endpoint.take_waiting(room)
+        ids = live + history
         self._refilling.add(endpoint.key)
 
         async def refill() -> None:
@@ -358,7 +382,8 @@ class Dispatcher:
                 await self._claim(ids, report_unclaimed=False)
             except Exception as error:
                 # Parked again; the next freed slot or maintenance tick retries.
-                endpoint.wait(ids, limit=WAITING_LIMIT)
+                endpoint.wait(live, limit=WAITING_LIMIT)
+                endpoint.wait(history, limit=WAITING_LIMIT, history=True)
                 log.warning("could not claim parked deliveries, will retry", endpoint=endpoint.key,
                             error=str(error) or repr(error))
                 await asyncio.sleep(0.5)
@@ -385,10 +410,9 @@ class Dispatcher:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _sender(self, endpoint: Endpoint,
-                      queue: collections.deque[tuple[asyncpg.Record, str, float]]) -> None:
-        """Send ``endpoint``'s leased deliveries one after another, in lease order, until none
-        waits (FIFO across its senders, as the semaphore this replaces was)."""
+    async def _sender(self, endpoint: Endpoint, queue: _Ready) -> None:
+        """Send ``endpoint``'s leased deliveries one after another until none waits: live ones
+        first, each lane in lease order (FIFO across the endpoint's senders)."""
         try:
             while queue:
                 row, lease, jitter = queue.popleft()
@@ -420,7 +444,8 @@ class Dispatcher:
             endpoint.leased -= 1
             self._done.append(_Done(row["id"], lease, endpoint, outcome,
                                     lease_lost=bool(row["lease_lost"]),
-                                    live_block_time=_live_block_time(row)))
+                                    live_block_time=_live_block_time(row),
+                                    history=bool(row["replay"])))
             self._done_ready.set()
             self._refill(endpoint)
 
@@ -483,7 +508,7 @@ class Dispatcher:
             maybe_sent=maybe_sent, released=released, retry_seconds=self._record_retry_seconds)
         for done in batch:
             if done.outcome is None:
-                done.endpoint.wait([done.delivery_id], limit=WAITING_LIMIT)
+                done.endpoint.wait([done.delivery_id], limit=WAITING_LIMIT, history=done.history)
         by_id = {o.delivery_id: o for o in report.outcomes}
         done_by_id = {done.delivery_id: done for done in sent}
         counts: dict[tuple[str, str], int] = defaultdict(int)
@@ -515,8 +540,8 @@ class Dispatcher:
             try:
                 for endpoint in list(self.endpoints.values()):
                     self._refill(endpoint)  # probes of open circuits whose interval passed
-                    metrics.ENDPOINT_WAITING.labels(endpoint.key).set(len(endpoint.waiting))
-                    if (not endpoint.is_open and not endpoint.leased and not endpoint.waiting
+                    metrics.ENDPOINT_WAITING.labels(endpoint.key).set(endpoint.parked)
+                    if (not endpoint.is_open and not endpoint.leased and not endpoint.parked
                             and not endpoint.consecutive_failures
                             and endpoint.key not in self._refilling
                             and endpoint.key not in self._pinned):

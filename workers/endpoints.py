@@ -57,33 +57,44 @@ class Endpoint:
     probe_interval: float
     in_flight: int = 0  # requests being sent
     leased: int = 0  # deliveries leased by this process (in flight or waiting for a slot)
+    # Parked ids, live deliveries apart from a refire's history (``replay``): claims take live
+    # ones first, so a refire parked here never holds up a live webhook to the same endpoint.
     waiting: deque[int] = field(default_factory=deque)
+    waiting_history: deque[int] = field(default_factory=deque)
     waiting_ids: set[int] = field(default_factory=set)
     circuit: Circuit = Circuit.CLOSED
     consecutive_failures: int = 0
     opened_at: float = 0.0
     last_error: str | None = None
 
-    def wait(self, delivery_ids: list[int], *, limit: int) -> int:
-        """Add ids to the waiting list (once each, at most ``limit`` in total); return how many
-        were left out (the processor's sweep brings those back)."""
+    @property
+    def parked(self) -> int:
+        """How many ids wait, live and history."""
+        return len(self.waiting_ids)
+
+    def wait(self, delivery_ids: list[int], *, limit: int, history: bool = False) -> int:
+        """Add ids to the live (or ``history``) waiting list, once each and at most ``limit``
+        in all; return how many were left out (the processor's sweep brings those back)."""
+        lane = self.waiting_history if history else self.waiting
         dropped = 0
         for delivery_id in delivery_ids:
             if delivery_id in self.waiting_ids:
                 continue
-            if len(self.waiting) >= limit:
+            if len(self.waiting_ids) >= limit:
                 dropped += 1
                 continue
-            self.waiting.append(delivery_id)
+            lane.append(delivery_id)
             self.waiting_ids.add(delivery_id)
         return dropped
 
-    def take_waiting(self, count: int) -> list[int]:
-        taken: list[int] = []
-        while self.waiting and len(taken) < count:
-            delivery_id = self.waiting.popleft()
-            self.waiting_ids.discard(delivery_id)
-            taken.append(delivery_id)
+    def take_waiting(self, count: int) -> tuple[list[int], list[int]]:
+        """Up to ``count`` waiting ids, live ones first: (live, history)."""
+        taken: tuple[list[int], list[int]] = ([], [])
+        for lane, into in ((self.waiting, taken[0]), (self.waiting_history, taken[1])):
+            while lane and len(taken[0]) + len(taken[1]) < count:
+                delivery_id = lane.popleft()
+                self.waiting_ids.discard(delivery_id)
+                into.append(delivery_id)
         return taken
 
     def capacity(self, now: float) -> int:

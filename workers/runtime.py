@@ -252,7 +252,7 @@ class Runtime:
         now = time.time()
         opened: dict[Any, Any] = {key: json.dumps({
             "circuit": str(e.circuit), "failures": e.consecutive_failures,
-            "waiting": len(e.waiting), "in_flight": e.in_flight, "last_error": e.last_error,
+            "waiting": e.parked, "in_flight": e.in_flight, "last_error": e.last_error,
             "open_for_seconds": round(time.monotonic() - e.opened_at, 1),
             "probe_interval": e.probe_interval, "worker": self.leases.worker_id,
             "updated": now}) for key, e in endpoints.items() if e.is_open}

@@ -79,7 +79,7 @@ ORDER BY d.id
 # The claimable rows among a job's ids and their endpoint URL, read without locking (the caller
 # picks what endpoint capacity allows; the claim statement then locks and re-checks those).
 _CANDIDATES = f"""
-SELECT d.id, a.config ->> 'url' AS url
+SELECT d.id, a.config ->> 'url' AS url, d.replay
 FROM deliveries d
 JOIN actions a ON a.id = d.action_id
 WHERE d.id = ANY($1::bigint[])
@@ -165,11 +165,13 @@ class Recorded:
     next_attempt_epoch: float
 
 
-async def claim_candidates(conn: asyncpg.Connection,
-                           delivery_ids: Sequence[int]) -> list[tuple[int, str | None]]:
-    """The open, due, unleased deliveries among ``delivery_ids`` with their webhook URL, as of
-    now (not locked: :func:`claim_deliveries` re-checks what it leases)."""
-    return [(row["id"], row["url"]) for row in await conn.fetch(_CANDIDATES, list(delivery_ids))]
+async def claim_candidates(conn: asyncpg.Connection, delivery_ids: Sequence[int],
+                           ) -> list[tuple[int, str | None, bool]]:
+    """The open, due, unleased deliveries among ``delivery_ids`` with their webhook URL and
+    whether they are a refire's (``replay``), as of now (not locked: :func:`claim_deliveries`
+    re-checks what it leases)."""
+    return [(row["id"], row["url"], row["replay"])
+            for row in await conn.fetch(_CANDIDATES, list(delivery_ids))]
 
 
 async def claim_deliveries(conn: asyncpg.Connection, delivery_ids: Sequence[int], *, lease: str,

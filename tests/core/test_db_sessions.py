@@ -31,6 +31,36 @@ async def test_connections_and_pools_set_the_default_timeouts(plain_db_url: str)
         await pool.close()
 
 
+async def test_releasing_a_pooled_connection_costs_no_round_trip(plain_db_url: str) -> None:
+    """asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is one more
+    query per release; our pooled connections hold no session state, so none is sent."""
+    pool = await db.create_pool(plain_db_url, min_size=1, max_size=1)
+    queries: list[str] = []
+    try:
+        async with pool.acquire() as pooled:
+            await pooled.fetchval("SELECT 1")
+            pooled.add_query_logger(lambda record: queries.append(record.query))
+        assert queries == []
+    finally:
+        await pool.close()
+
+
+async def test_a_released_connection_still_rolls_back_its_open_transaction(
+        plain_db_url: str) -> None:
+    pool = await db.create_pool(plain_db_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as pooled:
+            await pooled.execute("CREATE TABLE IF NOT EXISTS release_probe (n int)")
+            await pooled.execute("BEGIN")
+            await pooled.execute("INSERT INTO release_probe VALUES (1)")
+        async with pool.acquire() as pooled:  # the same connection (max_size 1)
+            assert not pooled.is_in_transaction()
+            assert await pooled.fetchval("SELECT count(*) FROM release_probe") == 0
+            await pooled.execute("DROP TABLE release_probe")
+    finally:
+        await pool.close()
+
+
 async def test_settings_override_the_timeouts(plain_db_url: str) -> None:
     settings = WorkerSettings(database_url=plain_db_url, db_statement_timeout=5,
                               db_lock_timeout=0.5, db_idle_in_transaction_timeout=0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -146,34 +148,90 @@ def test_endpoint_key_is_host_and_port() -> None:
     assert endpoint_key(None) == "?"
 
 
+@dataclass
+class _RefireThenLive:
+    slow: Receiver  # the refire's endpoint: answers each request after ``hang`` seconds
+    worker: WorkerProcess
+    history: list[int]
+    live: int
+    live_queued_at: float
+
+
+@contextmanager
+def _refire_then_live(db_url: str, redis_url: str, *, secret: str, live_url: str | None,
+                      count: int, hang: float) -> Iterator[_RefireThenLive]:
+    """``count`` refire deliveries (``replay``) to a slow endpoint, enqueued as history on one
+    ``python -m workers``; once the first arrives, one live delivery to ``live_url`` (the slow
+    endpoint itself when ``None``) is enqueued."""
+    with Receiver(secret=secret) as slow:
+        slow.script(Step(status=200, hang=hang, times=100_000))
+        with rows.connect(db_url) as conn:
+            trigger_id = rows.insert_trigger(conn)
+            refired = rows.insert_action(conn, trigger_id, {"url": slow.url, "secret": secret})
+            watched = refired if live_url is None else rows.insert_action(
+                conn, trigger_id, {"url": live_url, "secret": secret})
+            history = [rows.insert_delivery(conn, action_id=refired, trigger_id=trigger_id,
+                                            event_id=rows.transfer_event(conn, log_index=n),
+                                            replay=True)
+                       for n in range(count)]
+            live = rows.insert_delivery(conn, action_id=watched, trigger_id=trigger_id,
+                                        event_id=rows.transfer_event(conn, log_index=count))
+        client = redis.Redis.from_url(redis_url)
+        worker = WorkerProcess(db_url=db_url, redis_url=redis_url)
+        try:
+            enqueue_deliveries(client, history, queue_name=REPLAY_QUEUE_NAME)
+            slow.wait_for(1, timeout=30)  # the worker is on the history job now
+            queued_at = time.time()
+            rows.enqueue(client, [live])
+            yield _RefireThenLive(slow, worker, history, live, queued_at)
+            slow.wait_for(count + (live_url is None), timeout=30)
+        finally:
+            worker.close()
+            client.close()
+
+
 def test_a_refires_history_job_lets_a_live_webhook_through_at_once(
         plain_db_url: str, redis_url: str, receiver: Receiver, secret: str) -> None:
     """A history job (``scripts/replay.py --refire``) holds its worker until its chunk is sent,
     so that a refire does not pile up in one process; but a live job queued meanwhile is taken
     at once, while the chunk goes on being sent in the background."""
-    with Receiver(secret=secret) as slow:
-        slow.script(Step(status=200, hang=0.5, times=100_000))
-        with rows.connect(plain_db_url) as conn:
-            trigger_id = rows.insert_trigger(conn)
-            refired = rows.insert_action(conn, trigger_id, {"url": slow.url, "secret": secret})
-            watched = rows.insert_action(conn, trigger_id, {"url": receiver.url, "secret": secret})
-            history = [rows.insert_delivery(conn, action_id=refired, trigger_id=trigger_id,
-                                            event_id=rows.transfer_event(conn, log_index=n))
-                       for n in range(50)]
-            live = rows.insert_delivery(conn, action_id=watched, trigger_id=trigger_id,
-                                        event_id=rows.transfer_event(conn, log_index=50))
-        client = redis.Redis.from_url(redis_url)
-        worker = WorkerProcess(db_url=plain_db_url, redis_url=redis_url)
-        try:
-            # 50 deliveries, 10 at a time (the endpoint cap), 0.5 s each: ~2.5 s of history.
-            enqueue_deliveries(client, history, queue_name=REPLAY_QUEUE_NAME)
-            slow.wait_for(1, timeout=30)  # the worker is on the history job now
-            queued_at = time.time()
-            rows.enqueue(client, [live])
-            [seen] = receiver.wait_for(1, timeout=30)
-            assert seen.received_at - queued_at < 1.0, worker.output[-3000:]
-            assert slow.count() < 50  # the history chunk was still being sent
-            slow.wait_for(50, timeout=30)
-        finally:
-            worker.close()
-            client.close()
+    # 50 deliveries, 10 at a time (the endpoint cap), 0.5 s each: ~2.5 s of history.
+    with _refire_then_live(plain_db_url, redis_url, secret=secret, live_url=receiver.url,
+                           count=50, hang=0.5) as run:
+        [seen] = receiver.wait_for(1, timeout=30)
+        assert seen.received_at - run.live_queued_at < 1.0, run.worker.output[-3000:]
+        assert run.slow.count() < 50  # the history chunk was still being sent
+
+
+def test_a_live_webhook_goes_before_a_refires_history_to_the_same_endpoint(
+        plain_db_url: str, redis_url: str, secret: str) -> None:
+    """A refire's deliveries (``replay``) parked or leased for an endpoint do not hold up a live
+    delivery to that same endpoint: it is claimed and sent before the history still waiting."""
+    # 100 deliveries, 10 at a time (the endpoint cap), 0.25 s each: ~2.5 s of history; 20 are
+    # leased at a time, the other 80 parked.
+    with _refire_then_live(plain_db_url, redis_url, secret=secret, live_url=None, count=100,
+                           hang=0.25) as run:
+        deadline = time.monotonic() + 30
+        while True:
+            seen = {r.webhook_id: r for r in run.slow.received()}
+            if f"dlv_{run.live}" in seen or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        arrived = seen[f"dlv_{run.live}"]
+        before = sum(1 for r in seen.values() if r.received_at < arrived.received_at)
+        # Behind the history it would come after ~80 others (~2 s): two rounds of the cap at
+        # most (the requests in flight, then the claim it joins).
+        assert arrived.received_at - run.live_queued_at < 1.0, run.worker.output[-3000:]
+        assert before < 40, before
+
+
+def test_endpoint_waiting_lists_give_live_deliveries_first() -> None:
+    endpoint = Endpoint(key="h:1", cap=2, failures_to_open=5, probe_interval=30.0)
+    assert endpoint.wait([1, 2, 3], limit=5, history=True) == 0
+    assert endpoint.wait([4, 5], limit=5) == 0
+    assert endpoint.wait([6], limit=5) == 1  # the limit counts both lists
+    assert endpoint.wait([4], limit=10, history=True) == 0  # already waiting: once only
+    assert endpoint.parked == 5
+    assert endpoint.take_waiting(3) == ([4, 5], [1])
+    assert endpoint.take_waiting(10) == ([], [2, 3])
+    assert endpoint.parked == 0

@@ -165,3 +165,39 @@ def test_delivery_engine_tasks_survive_errors_and_report_their_death(
         assert _wait(lambda: fatal == ["delivery recorder task cancelled"], within=5)
     finally:
         runtime.close(timeout=5)
+
+
+def test_a_sender_goes_on_when_one_deliverys_bookkeeping_raises(
+        plain_db_url: str, redis_url: str) -> None:
+    """One endpoint, one sender (cap 1, so both deliveries are leased at once and nothing is
+    parked to start another sender later): a bug in the bookkeeping after the first POST is
+    logged, and the delivery queued behind it on that sender is still sent and recorded."""
+    from tests.support.receiver import Receiver
+    from tests.workers import rows
+    from tests.workers.conftest import make_settings
+    from workers.runtime import Runtime
+
+    secret = rows.new_secret()
+    with Receiver(secret=secret) as receiver:
+        ids = rows.webhook_setup(plain_db_url, hook_url=receiver.url, secret=secret, count=2)
+        runtime = Runtime.start(make_settings(plain_db_url, redis_url,
+                                              worker_endpoint_concurrency=1))
+        try:
+            dispatcher = runtime.dispatcher
+            count = dispatcher._count
+            calls = {"n": 0}
+
+            def count_with_a_bug(endpoint: Any, outcome: Any) -> None:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("a bug in one delivery's bookkeeping")
+                count(endpoint, outcome)
+
+            dispatcher._count = count_with_a_bug  # type: ignore[method-assign]
+            runtime.deliver(ids)
+            assert _wait(lambda: all(rows.delivery(plain_db_url, i)["status"] == "delivered"
+                                     for i in ids), within=10), rows.deliveries(plain_db_url)
+            assert receiver.count() == 2
+            assert calls["n"] == 2
+        finally:
+            runtime.close(timeout=5)
