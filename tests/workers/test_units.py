@@ -107,3 +107,24 @@ def test_lost_connection_futures_are_a_warning_and_other_errors_reach_the_defaul
         assert seen == [other]
     finally:
         loop.close()
+
+
+def test_the_delivery_pool_caches_generic_plans_and_keeps_the_timeouts(
+        plain_db_url: str, redis_url: str) -> None:
+    """Delivery statements look rows up by id: no hypertable chunk a custom plan could prune,
+    so the workers' pool lets Postgres cache a generic plan (``auto``) instead of planning the
+    claim afresh on every call like the other services' sessions (``force_custom_plan``)."""
+    from tests.workers.conftest import make_settings
+    from workers.runtime import Runtime
+
+    runtime = Runtime.start(make_settings(plain_db_url, redis_url))
+    try:
+        async def settings() -> tuple[str, str]:
+            async with runtime.pool.acquire() as conn:
+                row = await conn.fetchrow("SELECT current_setting('plan_cache_mode') AS mode, "
+                                          "current_setting('statement_timeout') AS timeout")
+                return row["mode"], row["timeout"]
+
+        assert runtime._run(settings()) == ("auto", "1min")
+    finally:
+        runtime.close(timeout=5)
