@@ -117,7 +117,14 @@ class RetentionRunner:
         try:
             return await self._slice(conn, Budget(slice_seconds), now)
         finally:
-            await unlock(conn)
+            try:
+                await unlock(conn)
+            except BaseException:
+                # A session lock outlives the slice on a pooled connection (released without a
+                # reset: core.db.create_pool), and every runner would skip from then on: close
+                # the session instead, which releases it.
+                conn.terminate()
+                raise
 
     async def _slice(self, conn: asyncpg.Connection, budget: Budget,
                      now: datetime | None) -> PassReport:

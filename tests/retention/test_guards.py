@@ -172,6 +172,29 @@ async def test_one_runner_at_a_time(plain_db_url: str) -> None:
         await conn.close()
 
 
+async def test_a_failed_unlock_closes_the_session_so_the_lock_cannot_leak(
+        plain_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pooled connections are released without a session reset (core.db.create_pool): if the
+    unlock fails, the runner closes the connection, and the next runner is not locked out."""
+    from core.db import create_pool
+    from retention import runner as runner_module
+
+    async def failing_unlock(conn: asyncpg.Connection) -> None:
+        raise asyncpg.InterfaceError("connection lost while unlocking")
+
+    monkeypatch.setattr(runner_module, "unlock", failing_unlock)
+    pool = await create_pool(plain_db_url, min_size=1, max_size=1)
+    other = await connect(plain_db_url)
+    try:
+        with pytest.raises(asyncpg.InterfaceError):
+            async with pool.acquire() as conn:
+                await RetentionRunner(POLICY).run(conn, now=datetime.now(UTC))
+        assert await try_lock(other)
+    finally:
+        await other.close()
+        await pool.close()
+
+
 async def test_chunk_drop_keeps_writers_out_between_check_and_drop(
         timescale_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """TimescaleDB: an old range committed *after* the guards were read and *before* the drop
