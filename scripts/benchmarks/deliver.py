@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +51,7 @@ from psycopg.types.json import Jsonb
 
 from core.queue import enqueue_deliveries
 from scripts.benchmarks import deliver_isolation
+from scripts.benchmarks.processes import peak_rss_mib
 from scripts.benchmarks.report import Figure
 from tests.e2e.redis_server import RedisServer
 from tests.support import databases
@@ -146,16 +148,24 @@ async def _httpx_posts(url: str, body: bytes, total: int, concurrency: int) -> f
         return total / (time.perf_counter() - started)
 
 
-def _wait_until_none_open(db_url: str, workers: list[subprocess.Popen[bytes]]) -> None:
+def _wait_until_none_open(db_url: str, workers: list[subprocess.Popen[bytes]],
+                          peaks: dict[int, float]) -> None:
     """Return once no delivery is open (pending or queued), polling every 50 ms on one
     connection with a query the partial index ``ix_deliveries_open`` answers. (Polling with
     ``count(*)`` over the whole table on a new connection each time cost Postgres a sizeable
     share of a core at 50,000 rows: CPU taken from the workers on this 2-core machine, and not
     from the raw loop, which runs with nothing polling. Even this query costs ~0.7 ms once the
-    index holds the dead entries of delivered rows: every 20 ms that was ~3 % of a core.)"""
+    index holds the dead entries of delivered rows: every 20 ms that was ~3 % of a core.)
+    Each worker's peak RSS so far goes to ``peaks`` (pid → MiB) on every poll."""
     with psycopg.connect(db_url, autocommit=True) as conn:
-        while conn.execute("SELECT EXISTS (SELECT 1 FROM deliveries "
-                           "WHERE status IN ('pending', 'queued'))").fetchone()[0]:  # type: ignore[index]
+        while True:
+            for worker in workers:
+                peak = peak_rss_mib(worker.pid)
+                if not math.isnan(peak):
+                    peaks[worker.pid] = max(peaks.get(worker.pid, 0.0), peak)
+            if not conn.execute("SELECT EXISTS (SELECT 1 FROM deliveries WHERE status IN "
+                                "('pending', 'queued'))").fetchone()[0]:  # type: ignore[index]
+                return
             if all(_exited(w) for w in workers):
                 errors = b"".join(w.stderr.read() for w in workers if w.stderr)
                 raise RuntimeError(f"workers exited with deliveries still open: "
@@ -168,10 +178,11 @@ def _exited(worker: subprocess.Popen[bytes]) -> bool:
     return os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
-def _reap(workers: list[subprocess.Popen[bytes]]) -> tuple[float, float]:
-    """Wait for the burst workers to exit; return their CPU seconds (user + sys, summed) and
-    the peak RSS of the larger one in MiB, from each process's own rusage."""
-    cpu = peak = 0.0
+def _reap(workers: list[subprocess.Popen[bytes]]) -> float:
+    """Wait for the burst workers to exit; return their CPU seconds (user + sys, summed), from
+    each process's own rusage. (Not its ``ru_maxrss``: see
+    :func:`scripts.benchmarks.processes.peak_rss_mib`.)"""
+    cpu = 0.0
     deadline = time.monotonic() + 60
     for worker in workers:
         while True:
@@ -183,8 +194,7 @@ def _reap(workers: list[subprocess.Popen[bytes]]) -> tuple[float, float]:
             time.sleep(0.01)
         worker.returncode = os.waitstatus_to_exitcode(status)
         cpu += usage.ru_utime + usage.ru_stime
-        peak = max(peak, usage.ru_maxrss / 1024)  # Linux: KiB
-    return cpu, peak
+    return cpu
 
 
 def run(backend: str = "plain") -> list[Figure]:
@@ -215,12 +225,14 @@ def run(backend: str = "plain") -> list[Figure]:
             workers = [subprocess.Popen([sys.executable, "-m", "workers", "--burst"], cwd=ROOT,
                                         env=env, stderr=subprocess.PIPE)
                        for _ in range(WORKERS)]
-            _wait_until_none_open(db_url, workers)
+            peaks: dict[int, float] = {}
+            _wait_until_none_open(db_url, workers, peaks)
             wall = time.perf_counter() - started
             count, _ = _delivered(db_url)
             if count != len(ids):
                 raise RuntimeError(f"{count}/{len(ids)} delivered; the others failed")
-            worker_cpu, peak_rss = _reap(workers)
+            worker_cpu = _reap(workers)
+            peak_rss = max(peaks.values(), default=math.nan)
             _, span = _delivered(db_url)
             posts = receiver.count()
             # The raw loop again, after the workers: on a shared machine the load changes

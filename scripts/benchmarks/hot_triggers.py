@@ -42,6 +42,7 @@ from pyinstrument.frame import Frame
 from core.db import connect
 from processor.evaluate import evaluate_events
 from processor.registry import TriggerRegistry, fetch_trigger_rows
+from scripts.benchmarks.processes import peak_rss_mib
 from scripts.benchmarks.report import Figure
 from tests.support import databases
 
@@ -146,16 +147,6 @@ async def set_triggers(url: str, transfer: str, triggers: list[tuple[str, Any]])
         await conn.close()
 
 
-def _peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 @dataclass
 class Run:
     seconds: float
@@ -193,7 +184,7 @@ async def from_process_start(url: str, redis_url: str) -> Run:
                     raise RuntimeError(f"processor exited: {log.read().decode()[-2000:]}")
                 await asyncio.sleep(POLL_SECONDS)
             elapsed = time.perf_counter() - started
-            peak = _peak_rss_mib(process.pid)
+            peak = peak_rss_mib(process.pid)
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), 30)

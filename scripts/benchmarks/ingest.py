@@ -23,7 +23,6 @@ pre-created chunks). Each path runs three times per backend, alternating; the be
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from ingest.__main__ import tune_gc  # noqa: E402
 from ingest.endpoints import EndpointPool  # noqa: E402
 from ingest.poller import Indexer  # noqa: E402
 from ingest.rpc import JsonRpcClient  # noqa: E402
+from scripts.benchmarks.processes import peak_rss_mib  # noqa: E402
 from scripts.benchmarks.report import Figure  # noqa: E402
 from tests.support import databases  # noqa: E402
 from tests.support.anvil import Anvil  # noqa: E402
@@ -214,13 +214,6 @@ async def _until_checkpoint(url: str, head: int, process: subprocess.Popen[bytes
             await asyncio.sleep(0.005)
     finally:
         await conn.close()
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
 
 
 class FirstRequest(BackgroundHttpServer):
