@@ -366,3 +366,36 @@ def test_workers_take_live_deliveries_before_a_refires_history(redis_url: str) -
         assert queue.name == REPLAY_QUEUE_NAME and job.args[0] == list(range(1, 201))
     finally:
         client.close()
+
+
+async def test_deliveries_are_stored_with_generic_plans_after_every_event_load(
+        db_url: str, redis_url: str, harness: Harness) -> None:
+    """The claim's transaction loads its events page by page with custom plans (chunk
+    exclusion), then switches to generic plans for the inserts, whose foreign-key checks would
+    otherwise be planned again for every row; a claim with nothing to insert does not switch."""
+    from processor.batches import process_batches
+    from processor.registry import load_registry
+
+    conn = await connect(db_url)
+    try:
+        await add_trigger(conn, "whale", conditions=WHALE)
+        await insert_events(conn, [transfer(10, n, 5000) for n in range(5)])
+        registry = await load_registry(conn)
+        queries: list[str] = []
+        conn.add_query_logger(lambda record: queries.append(" ".join(record.query.split())))
+        claim = await process_batches(conn, registry, max_events=1000, page_size=2)
+        assert len(claim.delivery_ids) == 5
+        loads = [n for n, query in enumerate(queries) if query == " ".join(LOAD_EVENTS.split())]
+        switch = queries.index("SET LOCAL plan_cache_mode = auto")
+        inserts = [n for n, query in enumerate(queries)
+                   if query.startswith("INSERT INTO deliveries")]
+        assert len(loads) == 3 and max(loads) < switch < min(inserts), queries
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"  # LOCAL
+
+        queries.clear()
+        await insert_events(conn, [transfer(11, 0, 5)])  # below the whale's threshold
+        claim = await process_batches(conn, registry, max_events=1000, page_size=2)
+        assert claim.events == 1 and not claim.delivery_ids
+        assert "SET LOCAL plan_cache_mode = auto" not in queries
+    finally:
+        await conn.close()
