@@ -24,7 +24,7 @@ import asyncpg
 from processor import metrics
 from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
-from processor.outbox import insert_deferred, insert_deliveries
+from processor.outbox import insert_deferred, insert_deliveries, use_generic_plans
 from processor.registry import TriggerRegistry
 
 CLAIM_LIMIT = 500
@@ -115,20 +115,14 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
     return result
 
 
-# For the rest of the claim's transaction, once its hypertable reads are done: every inserted
-# delivery (and deferred match) runs Postgres's foreign-key checks on actions and triggers, cached
-# SPI plans that the sessions' force_custom_plan (core.db.SESSION_SETTINGS) would plan again for
-# every row: ~20 µs per delivery, against one round trip per claim for this.
-_GENERIC_PLANS_FROM_HERE = "SET LOCAL plan_cache_mode = auto"
-
-
 async def _store_all(conn: asyncpg.Connection, stores: list[tuple[Evaluation, int, datetime]],
                      *, result: ClaimResult) -> None:
     """Insert the deliveries and deferred matches of every page, after the last page's events
-    were loaded (the loads keep their custom plans)."""
+    were loaded: the loads keep their custom plans, the inserts' foreign-key checks get generic
+    ones (:func:`processor.outbox.use_generic_plans`)."""
     if any(evaluation.event_ids or evaluation.deferred_event_ids
            for evaluation, _, _ in stores):
-        await conn.execute(_GENERIC_PLANS_FROM_HERE)
+        await use_generic_plans(conn)
     for evaluation, chain_id, committed_at in stores:
         if evaluation.event_ids or evaluation.deferred_event_ids:
             await _store(conn, evaluation, chain_id=chain_id, committed_at=committed_at,

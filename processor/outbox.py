@@ -95,6 +95,19 @@ FOR UPDATE SKIP LOCKED
 _REQUEUED = "UPDATE deliveries SET status = 'queued', queued_at = now() WHERE id = ANY($1::bigint[])"
 
 
+# Every inserted delivery (and deferred match) runs Postgres's foreign-key checks on actions and
+# triggers: cached SPI plans that the sessions' force_custom_plan (core.db.SESSION_SETTINGS)
+# would plan again for every row, ~20 µs a delivery. Sent once a transaction's hypertable reads
+# are done, it lets the rest of the transaction use generic plans (one round trip).
+_GENERIC_PLANS_FROM_HERE = "SET LOCAL plan_cache_mode = auto"
+
+
+async def use_generic_plans(conn: asyncpg.Connection) -> None:
+    """Generic plans for the rest of the caller's transaction: call it after the transaction's
+    last read of ``events`` (those want custom plans: chunk exclusion), before its inserts."""
+    await conn.execute(_GENERIC_PLANS_FROM_HERE)
+
+
 async def insert_deliveries(conn: asyncpg.Connection, *, action_ids: Sequence[int],
                             trigger_ids: Sequence[int], event_ids: Sequence[int],
                             kind: str = "matched", replay: bool = False,

@@ -18,7 +18,12 @@ from core.factories import register_factories
 from core.queue import REPLAY_QUEUE_NAME
 from processor.children import children_of
 from processor.evaluate import Evaluation, evaluate_events
-from processor.outbox import enqueue_created, insert_deferred, insert_deliveries
+from processor.outbox import (
+    enqueue_created,
+    insert_deferred,
+    insert_deliveries,
+    use_generic_plans,
+)
 from processor.registry import TriggerRegistry, load_registry
 
 BLOCK_PAGE = 2000
@@ -91,7 +96,8 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
                                          checkpoint=checkpoint, children=children)
             report.events += evaluation.events
             counts = await _new_pairs(conn, evaluation)
-            if not dry_run:
+            if not dry_run and (evaluation.event_ids or evaluation.deferred_event_ids):
+                await use_generic_plans(conn)  # the page's events are loaded
                 report.delivery_ids += await insert_deliveries(
                     conn, action_ids=evaluation.action_ids, trigger_ids=evaluation.trigger_ids,
                     event_ids=evaluation.event_ids, replay=True)

@@ -399,3 +399,28 @@ async def test_deliveries_are_stored_with_generic_plans_after_every_event_load(
         assert "SET LOCAL plan_cache_mode = auto" not in queries
     finally:
         await conn.close()
+
+
+async def test_refire_inserts_with_generic_plans_after_loading_its_page(
+        db_url: str, redis_url: str, harness: Harness) -> None:
+    """The same for a refire's page: its events are read with custom plans, its inserts run
+    with generic ones; a dry run writes nothing and switches nothing."""
+    conn = await connect(db_url)
+    try:
+        await add_trigger(conn, "whale", conditions=WHALE)
+        await insert_events(conn, [transfer(30, n, 5000) for n in range(3)])
+        queries: list[str] = []
+        conn.add_query_logger(lambda record: queries.append(" ".join(record.query.split())))
+        dry = await refire(conn, chain_id=31337, from_block=30, to_block=30, dry_run=True)
+        assert dry.deliveries == 3
+        assert "SET LOCAL plan_cache_mode = auto" not in queries
+        queries.clear()
+        report = await refire(conn, chain_id=31337, from_block=30, to_block=30, dry_run=False)
+        assert report.deliveries == 3
+        load = next(n for n, query in enumerate(queries) if "FROM events" in query)
+        switch = queries.index("SET LOCAL plan_cache_mode = auto")
+        insert = next(n for n, query in enumerate(queries)
+                      if query.startswith("INSERT INTO deliveries"))
+        assert load < switch < insert, queries
+    finally:
+        await conn.close()
