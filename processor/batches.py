@@ -88,7 +88,7 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
             chains = sorted({batch["chain_id"] for batch in selected})
             checkpoints = {row["chain_id"]: row["block_number"]
                            for row in await conn.fetch(_CHECKPOINTS, chains)}
-        # Stored once every page is loaded: see _store_all.
+        # Pages with rows to insert, stored once every page is loaded: see _store_all.
         stores: list[tuple[Evaluation, int, datetime]] = []
         for batch in selected:
             chain_id = batch["chain_id"]
@@ -102,7 +102,8 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
                 evaluate_events(events, registry, chain_id=chain_id,
                                 checkpoint=checkpoints.get(chain_id), result=evaluation,
                                 children=children)
-                stores.append((evaluation, chain_id, batch["created_at"]))
+                if evaluation.has_rows:
+                    stores.append((evaluation, chain_id, batch["created_at"]))
                 metrics.EVENTS.inc(evaluation.events)
                 metrics.MATCHES.inc(evaluation.matches)
                 metrics.DECODE_FAILURES.inc(evaluation.decode_failures)
@@ -117,16 +118,14 @@ async def process_batches(conn: asyncpg.Connection, registry: TriggerRegistry, *
 
 async def _store_all(conn: asyncpg.Connection, stores: list[tuple[Evaluation, int, datetime]],
                      *, result: ClaimResult) -> None:
-    """Insert the deliveries and deferred matches of every page, after the last page's events
-    were loaded: the loads keep their custom plans, the inserts' foreign-key checks get generic
-    ones (:func:`processor.outbox.use_generic_plans`)."""
-    if any(evaluation.event_ids or evaluation.deferred_event_ids
-           for evaluation, _, _ in stores):
+    """Insert the deliveries and deferred matches of every page that has any, after the last
+    page's events were loaded: the loads keep their custom plans, the inserts' foreign-key checks
+    get generic ones (:func:`processor.outbox.use_generic_plans`)."""
+    if stores:
         await use_generic_plans(conn)
     for evaluation, chain_id, committed_at in stores:
-        if evaluation.event_ids or evaluation.deferred_event_ids:
-            await _store(conn, evaluation, chain_id=chain_id, committed_at=committed_at,
-                         result=result)
+        await _store(conn, evaluation, chain_id=chain_id, committed_at=committed_at,
+                     result=result)
 
 
 async def _store(conn: asyncpg.Connection, evaluation: Evaluation, *, chain_id: int,

@@ -41,6 +41,11 @@ class Evaluation:
     def deferred_count(self) -> int:
         return len(self.deferred_event_ids)
 
+    @property
+    def has_rows(self) -> bool:
+        """Whether storing it inserts anything (deliveries or deferred matches)."""
+        return bool(self.event_ids or self.deferred_event_ids)
+
 
 def evaluate_events(events: Sequence[Mapping[str, Any]], registry: TriggerRegistry, *,
                     chain_id: int, checkpoint: int | None,

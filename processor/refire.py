@@ -96,7 +96,7 @@ async def refire(conn: asyncpg.Connection, *, chain_id: int, from_block: int, to
                                          checkpoint=checkpoint, children=children)
             report.events += evaluation.events
             counts = await _new_pairs(conn, evaluation)
-            if not dry_run and (evaluation.event_ids or evaluation.deferred_event_ids):
+            if not dry_run and evaluation.has_rows:
                 await use_generic_plans(conn)  # the page's events are loaded
                 report.delivery_ids += await insert_deliveries(
                     conn, action_ids=evaluation.action_ids, trigger_ids=evaluation.trigger_ids,

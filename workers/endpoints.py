@@ -59,7 +59,7 @@ class Endpoint:
     leased: int = 0  # deliveries leased by this process (in flight or waiting for a slot)
     # Parked ids, live deliveries apart from a refire's history (``replay``): claims take live
     # ones first, so a refire parked here never holds up a live webhook to the same endpoint.
-    waiting: deque[int] = field(default_factory=deque)
+    waiting_live: deque[int] = field(default_factory=deque)
     waiting_history: deque[int] = field(default_factory=deque)
     waiting_ids: set[int] = field(default_factory=set)
     circuit: Circuit = Circuit.CLOSED
@@ -75,7 +75,7 @@ class Endpoint:
     def wait(self, delivery_ids: list[int], *, limit: int, history: bool = False) -> int:
         """Add ids to the live (or ``history``) waiting list, once each and at most ``limit``
         in all; return how many were left out (the processor's sweep brings those back)."""
-        lane = self.waiting_history if history else self.waiting
+        lane = self.waiting_history if history else self.waiting_live
         dropped = 0
         for delivery_id in delivery_ids:
             if delivery_id in self.waiting_ids:
@@ -90,7 +90,7 @@ class Endpoint:
     def take_waiting(self, count: int) -> tuple[list[int], list[int]]:
         """Up to ``count`` waiting ids, live ones first: (live, history)."""
         taken: tuple[list[int], list[int]] = ([], [])
-        for lane, into in ((self.waiting, taken[0]), (self.waiting_history, taken[1])):
+        for lane, into in ((self.waiting_live, taken[0]), (self.waiting_history, taken[1])):
             while lane and len(taken[0]) + len(taken[1]) < count:
                 delivery_id = lane.popleft()
                 self.waiting_ids.discard(delivery_id)

@@ -99,32 +99,33 @@ def _stream(client: redis.Redis, receiver: Receiver, ids: list[int]) -> list[flo
             time.sleep(pause)
         sent[f"dlv_{delivery_id}"] = time.time()
         enqueue_deliveries(client, [delivery_id])
-    deadline = time.monotonic() + 60
-    while True:
-        seen = {r.webhook_id: r.received_at for r in receiver.received()
-                if r.webhook_id in sent}
-        if len(seen) >= len(ids) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    seen = _arrivals(receiver, set(sent), within=60)
     # A delivery that never arrived counts as a minute (it fails the goal visibly).
     return sorted(seen[key] - at if key in seen else 60.0 for key, at in sent.items())
+
+
+def _arrivals(receiver: Receiver, wanted: set[str], *, within: float) -> dict[str, float]:
+    """Arrival times of the ``wanted`` webhook ids, once all arrived or ``within`` seconds
+    passed (then only those that did)."""
+    deadline = time.monotonic() + within
+    while True:
+        seen = {r.webhook_id: r.received_at for r in receiver.received()
+                if r.webhook_id in wanted}
+        if len(seen) >= len(wanted) or time.monotonic() > deadline:
+            return seen  # type: ignore[return-value]
+        time.sleep(0.05)
 
 
 def _capacity(client: redis.Redis, receiver: Receiver, ids: list[int]) -> float:
     """Single-delivery jobs per second the worker sustains: ``ids`` enqueued at once, one job
     each; the rate from the first enqueue to the last arrival."""
-    wanted = {f"dlv_{delivery_id}" for delivery_id in ids}
     started = time.time()
     for delivery_id in ids:
         enqueue_deliveries(client, [delivery_id])
-    deadline = time.monotonic() + 120
-    while True:
-        arrived = [r.received_at for r in receiver.received() if r.webhook_id in wanted]
-        if len(arrived) >= len(ids):
-            return len(ids) / (max(arrived) - started)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(arrived)}/{len(ids)} capacity webhooks arrived in 120 s")
-        time.sleep(0.05)
+    arrived = _arrivals(receiver, {f"dlv_{delivery_id}" for delivery_id in ids}, within=120)
+    if len(arrived) < len(ids):
+        raise RuntimeError(f"{len(arrived)}/{len(ids)} capacity webhooks arrived in 120 s")
+    return len(ids) / (max(arrived.values()) - started)
 
 
 def _p99(latencies: list[float]) -> float:
